@@ -1,0 +1,53 @@
+"""Differentiable face alignment: a similarity warp from 5 landmarks to a model's chip template.
+
+Face models that align by a plain 5-point similarity (ArcFace's 112x112 template, test models) call
+``similarity_align``; gradients flow from the chip back to every photo pixel it samples.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from guardkit.types import Face
+
+
+def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Least-squares similarity (rotation, uniform scale, translation; Umeyama 1991) mapping
+    ``src`` [K,2] onto ``dst`` [K,2]. Returns the 2x3 matrix ``M`` with ``dst ~ M @ [src; 1]``."""
+    src_mean, dst_mean = src.mean(axis=0), dst.mean(axis=0)
+    src_c, dst_c = src - src_mean, dst - dst_mean
+    cov = dst_c.T @ src_c / len(src)
+    u, s, vt = np.linalg.svd(cov)
+    d = np.ones(2)
+    if np.linalg.det(u) * np.linalg.det(vt) < 0:
+        d[-1] = -1
+    rotation = u @ np.diag(d) @ vt
+    var = (src_c**2).sum() / len(src)
+    scale = float((s * d).sum() / var) if var > 0 else 1.0
+    translation = dst_mean - scale * rotation @ src_mean
+    return np.hstack([scale * rotation, translation[:, None]])
+
+
+def similarity_align(images: torch.Tensor, faces: Sequence[Face], template: np.ndarray, size: int) -> torch.Tensor:
+    """Warp each face of ``images`` [B,3,H,W] to a ``size`` x ``size`` chip whose landmarks land on
+    ``template`` [5,2] (chip pixel coordinates). Bilinear, differentiable: [N,3,size,size]."""
+    if not faces:
+        return images.new_zeros((0, images.shape[1], size, size))
+    _, _, height, width = images.shape
+    thetas = []
+    for face in faces:
+        # chip -> photo map, in the normalised [-1, 1] coordinates of grid_sample (align_corners=True)
+        to_chip = similarity_transform(np.asarray(face.landmarks, dtype=np.float64), template.astype(np.float64))
+        full = np.vstack([to_chip, [0, 0, 1]])
+        to_photo = np.linalg.inv(full)
+        norm_chip = np.array([[(size - 1) / 2, 0, (size - 1) / 2], [0, (size - 1) / 2, (size - 1) / 2], [0, 0, 1]])
+        norm_photo = np.array([[2 / (width - 1), 0, -1], [0, 2 / (height - 1), -1], [0, 0, 1]])
+        thetas.append((norm_photo @ to_photo @ norm_chip)[:2])
+    theta = torch.tensor(np.stack(thetas), dtype=images.dtype, device=images.device)
+    source = images[[f.image_index for f in faces]]
+    grid = F.affine_grid(theta, [len(faces), images.shape[1], size, size], align_corners=True)
+    return F.grid_sample(source, grid, mode="bilinear", padding_mode="zeros", align_corners=True)

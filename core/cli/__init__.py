@@ -1,0 +1,29 @@
+"""The ``guardkit`` command line: thin typer commands over the library.
+
+Exit codes: 0 success; 1 some photos failed (the others were done); 2 bad usage or options
+(unknown part, missing input, missing weights), reported in one line without a traceback.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from guardkit.cli import models as _models
+from guardkit.cli import plugins as _plugins
+from guardkit.cli import run as _run
+
+app = typer.Typer(
+    name="guardkit",
+    help="Protect faces in photos from face recognition and diffusion editing.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.command("run")(_run.run_command)
+app.command("plugins")(_plugins.plugins_command)
+app.command("models")(_models.models_command)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

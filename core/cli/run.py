@@ -1,0 +1,120 @@
+"""``guardkit run``: protect photos with a method, write them to a folder, print a summary."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from guardkit.cli._options import (
+    EXIT_FAILED_PHOTOS, DisableOpt, EncoderOpt, FaceFinderOpt, FaceModelOpt, JsonOpt, MethodOpt, WeightsDirOpt,
+    err_console, one_line_errors, out_console, progress,
+)
+from guardkit.config import DEFAULT_EPS, Budget, RunConfig, parse_fraction
+from guardkit.errors import ConfigError
+
+
+def parse_pairs(pairs: list[str] | None, what: str) -> dict[str, str]:
+    """``["a=1", "b=x"]`` -> ``{"a": "1", "b": "x"}``; a pair without ``=`` is a one-line error."""
+    out = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"{what} must look like NAME=VALUE, got {pair!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _number(text: str) -> int | float | str:
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+@one_line_errors
+def run_command(
+    inputs: Annotated[list[Path], typer.Argument(help="Photos or folders of photos.", show_default=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the protected photos.")],
+    method: MethodOpt = "fr-cloak",
+    face_model: FaceModelOpt = "dlib",
+    face_finder: FaceFinderOpt = "dlib",
+    encoder: EncoderOpt = None,
+    eps: Annotated[str, typer.Option(help="L-inf budget in [0,1] pixel units; fractions like 4/255 work.")] = "4/255",
+    steps: Annotated[Optional[int], typer.Option(help="Optimisation steps (default: the method's).")] = None,
+    step_size: Annotated[Optional[str], typer.Option(help="First step size (default: the method's).")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed: same seed, same output.")] = 0,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1 or auto.")] = "cpu",
+    dtype: Annotated[str, typer.Option(help="float32, float16 or bfloat16 (autocast).")] = "float32",
+    batch_size: Annotated[int, typer.Option(help="Photos of one size protected together.")] = 1,
+    fmt: Annotated[str, typer.Option("--format", help="png (lossless, default) or jpeg.")] = "png",
+    loss: Annotated[Optional[list[str]], typer.Option(help="NAME=WEIGHT, repeatable (default: the method's).")] = None,
+    option: Annotated[Optional[list[str]], typer.Option("--option", "-O", help="Method option KEY=VALUE.")] = None,
+    resume: Annotated[bool, typer.Option(help="Skip photos already protected in the output folder.")] = True,
+    weights_dir: WeightsDirOpt = None,
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads (default: torch's).")] = None,
+    disable_plugin: DisableOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Protect every face in INPUTS and write the results to OUTPUT (PNG, metadata stripped)."""
+    from guardkit.engine import Engine
+
+    if fmt not in ("png", "jpeg"):
+        raise ConfigError(f"--format must be png or jpeg, got {fmt!r}")
+    engine = Engine(disabled=disable_plugin or ())
+    for error in engine.errors:
+        err_console.print(f"[yellow]warning:[/] {error}", highlight=False)
+    method_steps = getattr(engine.registry.get("method", method).factory, "default_steps", 100)
+    budget = Budget(eps=parse_fraction(eps) if eps else DEFAULT_EPS, steps=method_steps if steps is None else steps,
+                    step_size=parse_fraction(step_size) if step_size else None)
+    run = RunConfig(device=device, dtype=dtype, seed=seed, batch_size=batch_size, weights_dir=weights_dir,
+                    budget=budget, threads=threads)
+    losses = {k: float(parse_fraction(v)) for k, v in parse_pairs(loss, "--loss").items()} or None
+    options = {k: _number(v) for k, v in parse_pairs(option, "--option").items()}
+    with progress() as bar:
+        task = bar.add_task("protecting", total=None)
+        result = engine.protect(
+            inputs, method=method, face_model=face_model, face_finder=face_finder, encoder=encoder, run=run,
+            losses=losses, options=options, output_dir=output, fmt=fmt, resume=resume,
+            on_start=lambda n: bar.update(task, total=n),
+            on_photo=lambda photo: bar.advance(task),
+        )
+    for photo in result.failed:
+        err_console.print(f"[red]failed:[/] {photo.error}", highlight=False, soft_wrap=True)
+    if as_json:
+        out_console.print_json(json.dumps({
+            "method": method, "face_model": face_model, "eps": budget.eps, "steps": budget.steps,
+            "threshold": result.threshold,
+            "photos": [{"source": str(p.source), "status": p.status, "output": str(p.output) if p.output else None,
+                        "error": p.error, "faces": p.faces, "linf": p.linf, "psnr": _finite(p.psnr),
+                        "fr_distance": _finite(p.fr_distance), "seconds": p.seconds} for p in result.photos],
+        }))
+    else:
+        out_console.print(summary_table(result, method, face_model, budget))
+    if result.failed:
+        raise typer.Exit(EXIT_FAILED_PHOTOS)
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def summary_table(result, method: str, face_model: str, budget: Budget) -> Table:
+    table = Table(title=f"{method} vs {face_model}, eps {budget.eps * 255:.3g}/255, {budget.steps} steps")
+    for column in ("photo", "status", "faces", "L-inf (/255)", "PSNR dB", f"{face_model} distance", "s"):
+        table.add_column(column)
+    for p in result.photos:
+        distance = "" if math.isnan(p.fr_distance) else f"{p.fr_distance:.3f}"
+        if distance and math.isfinite(result.threshold):
+            distance += " (no match)" if p.fr_distance > result.threshold else " (MATCH)"
+        done = p.status == "protected"
+        table.add_row(p.source.name, p.status if not p.error else "failed", str(p.faces) if done else "",
+                      f"{p.linf * 255:.0f}" if done else "", f"{p.psnr:.1f}" if done else "", distance,
+                      f"{p.seconds:.1f}" if done else "")
+    return table

