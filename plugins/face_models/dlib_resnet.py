@@ -318,7 +318,9 @@ def _rotated_corners(rect: Rect, angle: float) -> np.ndarray:
     return np.stack([c * d[:, 0] - s * d[:, 1] + cx, s * d[:, 0] + c * d[:, 1] + cy], axis=1)
 
 
-def face_chip_details(landmarks: Sequence[tuple[float, float]], size: int = CHIP_SIZE, padding: float = CHIP_PADDING) -> tuple[Rect, float]:
+def face_chip_details(
+    landmarks: Sequence[tuple[float, float]], size: int = CHIP_SIZE, padding: float = CHIP_PADDING
+) -> tuple[Rect, float]:
     """dlib's ``get_face_chip_details`` for 5 points: the chip's source rectangle and its angle."""
     to = np.asarray(landmarks, dtype=np.float64).reshape(5, 2)
     frm = (padding + _TEMPLATE5) / (2 * padding + 1) * size
@@ -329,7 +331,8 @@ def face_chip_details(landmarks: Sequence[tuple[float, float]], size: int = CHIP
     u, d, vt = np.linalg.svd(cov)
     s = np.eye(2)
     if np.linalg.det(cov) < 0 or (np.linalg.det(cov) == 0 and np.linalg.det(u) * np.linalg.det(vt) < 0):
-        s[1 if d[1] < d[0] else 0, 1 if d[1] < d[0] else 0] = -1
+        flip = 1 if d[1] < d[0] else 0  # a reflection: flip the weaker axis
+        s[flip, flip] = -1
     rot = u @ s @ vt
     c = float(np.trace(np.diag(d) @ s) / sigma_from) if sigma_from != 0 else 1.0
     m = c * rot
@@ -431,21 +434,24 @@ def sample_bilinear(src: Tensor, affine: np.ndarray, size: int) -> Tensor:
     return out.reshape(c, size, size).to(src.dtype)
 
 
-def extract_chip(image255: Tensor, plan: ChipPlan, size: int = CHIP_SIZE) -> Tensor:
-    """One chip [3,size,size] in 0..255 from ``image255`` [3,H,W] (integer-valued) along ``plan``."""
-    if plan.box is None:
-        return image255.new_zeros((image255.shape[0], size, size))
-    left, top, right, bottom = plan.box
-    level = image255[:, top : bottom + 1, left : right + 1]  # crop first: cost follows the face
-    for _ in range(plan.downs):
-        level = pyramid_down(level)
-    return sample_bilinear(level, plan.affine, size)
-
-
 def _to255(x: Tensor) -> Tensor:
     """[0,1] -> 0..255 rounded to the uint8 grid dlib sees (straight-through)."""
     x = x * 255.0
     return _ste(x, x.round().clamp(0, 255))
+
+
+def extract_chip(image: Tensor, plan: ChipPlan, size: int = CHIP_SIZE) -> Tensor:
+    """One chip [3,size,size] in [0,1] (on the uint8 grid) from ``image`` [3,H,W] in [0,1] along ``plan``.
+
+    Only the crop is touched (rounded to uint8, downsampled, sampled), so the cost follows the face.
+    """
+    if plan.box is None:
+        return image.new_zeros((image.shape[0], size, size))
+    left, top, right, bottom = plan.box
+    level = _to255(image[:, top : bottom + 1, left : right + 1])
+    for _ in range(plan.downs):
+        level = pyramid_down(level)
+    return sample_bilinear(level, plan.affine, size) / 255.0
 
 
 def dlib_jitter(chips: Tensor, generator: torch.Generator) -> Tensor:
@@ -472,11 +478,11 @@ def dlib_jitter(chips: Tensor, generator: torch.Generator) -> Tensor:
         angle = (-3 + u[3] * 6) * math.pi / 180
         left, top = centre + shift_x - box // 2, centre + shift_y - box // 2
         rect = (float(left), float(top), float(left + box - 1), float(top + box - 1))
-        chip = extract_chip(_to255(chips[i]), plan_chip(rect, angle, (size, size), size), size)
+        chip = extract_chip(chips[i], plan_chip(rect, angle, (size, size), size), size)
         if u[4] > 0.5:
             chip = chip.flip(-1)
         out.append(chip)
-    return torch.stack(out) / 255.0
+    return torch.stack(out)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -528,17 +534,10 @@ class DlibFaceModel:
             if not 0 <= face.image_index < images.shape[0]:
                 raise ConfigError(f"face image_index {face.image_index} outside the batch of {images.shape[0]}")
             rect, angle = face_chip_details(face.landmarks)
-            plan = plan_chip(rect, angle, (height, width))
-            if plan.box is not None:  # round only the crop to the uint8 grid
-                left, top, right, bottom = plan.box
-                crop = _to255(images[face.image_index, :, top : bottom + 1, left : right + 1])
-                plan = ChipPlan((0, 0, right - left, bottom - top), plan.downs, plan.affine)
-                chips.append(extract_chip(crop, plan))
-            else:
-                chips.append(images.new_zeros((3, CHIP_SIZE, CHIP_SIZE)))
+            chips.append(extract_chip(images[face.image_index], plan_chip(rect, angle, (height, width))))
         if not chips:
             return images.new_zeros((0, 3, CHIP_SIZE, CHIP_SIZE))
-        return torch.stack(chips) / 255.0
+        return torch.stack(chips)
 
     def embed(self, chips: Tensor) -> Tensor:
         """Chips [N,3,150,150] in [0,1] -> descriptors [N,128] (not normalised)."""
