@@ -32,16 +32,45 @@ def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     return np.hstack([scale * rotation, translation[:, None]])
 
 
+#: insightface's ArcFace template for 112x112 chips (arcface5 order: left eye, right eye, nose tip,
+#: left mouth corner, right mouth corner; "left" = smaller x in the image).
+ARCFACE_TEMPLATE_112 = np.array([
+    [38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]])
+
+#: dlib's 5th point sits below the nose (subnasale), about this fraction of the eye distance below the tip.
+_SUBNASALE_DROP = 0.11
+
+
+def correspondences(face: Face, template: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Matching (photo points, chip points) of ``face`` for an arcface5-order ``template`` [5,2].
+
+    ``arcface5`` faces use all five points. ``dlib5`` faces (eye corners + below the nose) give three:
+    the two eye centres and the subnasale, matched to the template's eyes and a point just below its
+    nose tip; a similarity fit from three points aligns as well as from five for these templates.
+    """
+    points = np.asarray(face.landmarks, dtype=np.float64)
+    if face.scheme == "arcface5":
+        return points, template
+    if face.scheme != "dlib5":
+        raise ValueError(f"unknown landmark scheme {face.scheme!r}")
+    eyes = sorted([points[0:2].mean(axis=0), points[2:4].mean(axis=0)], key=lambda p: p[0])
+    src = np.stack([eyes[0], eyes[1], points[4]])
+    eye_distance = float(np.linalg.norm(template[1] - template[0]))
+    dst = np.stack([template[0], template[1], template[2] + [0.0, _SUBNASALE_DROP * eye_distance]])
+    return src, dst
+
+
 def similarity_align(images: torch.Tensor, faces: Sequence[Face], template: np.ndarray, size: int) -> torch.Tensor:
     """Warp each face of ``images`` [B,3,H,W] to a ``size`` x ``size`` chip whose landmarks land on
-    ``template`` [5,2] (chip pixel coordinates). Bilinear, differentiable: [N,3,size,size]."""
+    ``template`` [5,2] (chip pixel coordinates, arcface5 order; see ``correspondences``).
+    Bilinear, differentiable: [N,3,size,size]."""
     if not faces:
         return images.new_zeros((0, images.shape[1], size, size))
     _, _, height, width = images.shape
     thetas = []
     for face in faces:
         # chip -> photo map, in the normalised [-1, 1] coordinates of grid_sample (align_corners=True)
-        to_chip = similarity_transform(np.asarray(face.landmarks, dtype=np.float64), template.astype(np.float64))
+        to_chip = similarity_transform(*correspondences(face, np.asarray(template, dtype=np.float64)))
         full = np.vstack([to_chip, [0, 0, 1]])
         to_photo = np.linalg.inv(full)
         norm_chip = np.array([[(size - 1) / 2, 0, (size - 1) / 2], [0, (size - 1) / 2, (size - 1) / 2], [0, 0, 1]])

@@ -7,11 +7,15 @@ Methods call ``pgd`` (or write their own loop); whatever they return, the engine
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import TYPE_CHECKING, Callable, Collection, Sequence
 
 import torch
 
 from guardkit.config import Budget
+
+if TYPE_CHECKING:
+    from guardkit.types import WeightedLoss
+    from guardkit.view import View
 
 #: ``objective(x_adv, step) -> Tensor[B]``: higher is more protection.
 Objective = Callable[[torch.Tensor, int], torch.Tensor]
@@ -41,6 +45,24 @@ def quantize_ste(x: torch.Tensor, levels: int = 255) -> torch.Tensor:
     return x + (torch.round(x * levels) / levels - x).detach()
 
 
+def combine(losses: "Sequence[WeightedLoss]", view: "View", active: Collection[str] | None = None) -> torch.Tensor:
+    """``sum(+-weight * loss(view))`` per image, signed so that higher is more protection: Tensor[B].
+
+    ``active``: names of the terms switched on at this step (None: all), for methods that schedule terms.
+    """
+    total = torch.zeros(view.batch_size, device=view.clean.device)
+    for term in losses:
+        if active is not None and term.name not in active:
+            continue
+        total = total + (term.weight if term.loss.maximize else -term.weight) * term.loss(view)
+    return total
+
+
+def linear_step(step: int, steps: int, start: float, end: float) -> float:
+    """Linear decay from ``start`` (step 0) to ``end`` (last step)."""
+    return start if steps <= 1 else start + (end - start) * step / (steps - 1)
+
+
 def cosine_step(step: int, steps: int, start: float, end: float) -> float:
     """Cosine decay from ``start`` (step 0) to ``end`` (last step)."""
     if steps <= 1:
@@ -64,6 +86,7 @@ def pgd(
     mask: torch.Tensor | None = None,
     step_size: float | None = None,
     final_step_size: float | None = None,
+    schedule: str = "cosine",
     quantize: bool = True,
 ) -> torch.Tensor:
     """Sign-gradient ascent (PGD, Madry et al. 2018, https://arxiv.org/abs/1706.06083).
@@ -73,12 +96,13 @@ def pgd(
         objective: ``(x_adv, step) -> Tensor[B]`` to maximise, one value per image, so images of a
             batch are optimised independently (batch-consistent).
         budget: eps (pixel units), steps, norm, random start.
-        step_size: first step (default ``budget.step_size`` or eps/4), cosine-decayed to
-            ``final_step_size`` (default step_size/10).
+        step_size: first step (default ``budget.step_size`` or eps/4), decayed to
+            ``final_step_size`` (default step_size/10) along ``schedule`` ("cosine" or "linear").
         quantize: optimise the 8-bit rounded image (straight-through), as it will be saved.
 
     Example: ``x_adv = pgd(x, lambda xa, t: loss(xa), Budget(eps=4/255, steps=100), generator=g)``
     """
+    decay = {"cosine": cosine_step, "linear": linear_step}[schedule]
     x = x.detach()
     first = step_size or budget.step_size or budget.eps / 4
     last = final_step_size if final_step_size is not None else first / 10
@@ -88,7 +112,7 @@ def pgd(
         x_in = quantize_ste(x_adv) if quantize else x_adv
         value = objective(x_in, step)
         (grad,) = torch.autograd.grad(value.sum(), x_adv)
-        alpha = cosine_step(step, budget.steps, first, last)
+        alpha = decay(step, budget.steps, first, last)
         if budget.norm == "linf":
             update = grad.sign()
         else:

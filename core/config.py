@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from fractions import Fraction
 from pathlib import Path
+from typing import Any, Mapping
 
 from guardkit.errors import ConfigError
 
@@ -81,3 +82,12 @@ class RunConfig:
         import torch
 
         return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[self.dtype]
+
+
+def build_config(config_class: type, options: Mapping[str, Any]) -> Any:
+    """``config_class(**options)``, with a one-line error naming unknown options and the known ones."""
+    known = {f.name for f in fields(config_class)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ConfigError(f"unknown option(s) {', '.join(unknown)}; this method takes {', '.join(sorted(known))}")
+    return config_class(**options)

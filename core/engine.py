@@ -22,11 +22,12 @@ from guardkit.config import RunConfig
 from guardkit.errors import CapabilityError, GuardkitError, ImageError, NoFaceError
 from guardkit.imageio import collect_inputs, is_done, load_rgb, plan_outputs, save_image
 from guardkit.registry import PluginError, Registry, make_plugin_manager
-from guardkit.types import Face, PartSpec
+from guardkit.types import Face, PartSpec, WeightedLoss
 
 DEFAULT_METHOD = "fr-cloak"
 DEFAULT_FACE_MODEL = "dlib"
 DEFAULT_FACE_FINDER = "dlib"
+DEFAULT_ENCODER = "sd-vae"
 
 
 @dataclass
@@ -115,22 +116,27 @@ class Engine:
 
     def build_method(self, method: str, run: RunConfig, *, face_model: str | None = DEFAULT_FACE_MODEL,
                      encoder: str | None = None, face_finder: str | None = DEFAULT_FACE_FINDER,
-                     losses: Mapping[str, float] | None = None, options: Mapping[str, Any] | None = None
-                     ) -> tuple[Any, Any, Any]:
-        """Check, then construct and load the parts. Returns ``(method, face_model, face_finder)``."""
+                     losses: Mapping[str, float] | None = None, options: Mapping[str, Any] | None = None,
+                     part_options: Mapping[str, Mapping[str, Any]] | None = None) -> tuple[Any, Any, Any]:
+        """Check, then construct and load the parts. Returns ``(method, face_model, face_finder)``.
+
+        ``part_options`` maps a kind ("encoder", "face_model", "face_finder") to its part's options
+        (e.g. ``{"encoder": {"path": "/weights/sd-vae"}}``). A method that needs an encoder and is
+        given none gets ``sd-vae``."""
         method_spec = self.registry.get("method", method)
         needs = set(method_spec.capabilities.get("needs", ()))
         face_model = face_model if "face_model" in needs else None
-        encoder = encoder if "encoder" in needs else None
+        encoder = (encoder or DEFAULT_ENCODER) if "encoder" in needs else None
         loss_weights = dict(losses) if losses else dict(getattr(method_spec.factory, "default_losses", {}))
         specs = self.check(method, face_model=face_model, encoder=encoder,
                            face_finder=face_finder if face_model else None, losses=loss_weights)
         parts = {}
         for kind in ("face_model", "encoder", "face_finder"):
             if kind in specs:
-                parts[kind] = specs[kind].factory(run)
+                parts[kind] = specs[kind].factory(run, **dict((part_options or {}).get(kind, {})))
                 parts[kind].load()
-        built_losses = [(w, self.registry.get("loss", name).factory()) for name, w in loss_weights.items()]
+        built_losses = [WeightedLoss(w, self.registry.get("loss", name).factory(), name)
+                        for name, w in loss_weights.items()]
         kwargs = {k: v for k, v in parts.items() if k != "face_finder"}
         instance = method_spec.factory(run, losses=built_losses, **kwargs, **dict(options or {}))
         return instance, parts.get("face_model"), parts.get("face_finder")
@@ -147,6 +153,7 @@ class Engine:
         run: RunConfig | None = None,
         losses: Mapping[str, float] | None = None,
         options: Mapping[str, Any] | None = None,
+        part_options: Mapping[str, Mapping[str, Any]] | None = None,
         output_dir: str | Path | None = None,
         fmt: str = "png",
         resume: bool = True,
@@ -168,7 +175,8 @@ class Engine:
         paths = collect_inputs([Path(p) for p in inputs])
         plan = plan_outputs(paths, Path(output_dir), fmt) if output_dir is not None else {}
         protector, model, finder = self.build_method(method, run, face_model=face_model, encoder=encoder,
-                                                     face_finder=face_finder, losses=losses, options=options)
+                                                     face_finder=face_finder, losses=losses, options=options,
+                                                     part_options=part_options)
         if run.threads:
             torch.set_num_threads(run.threads)
         device = run.torch_device()

@@ -33,10 +33,9 @@ def guardkit_pm():
 
 
 def _template(size: int):
-    import numpy as np
+    from guardkit.align import ARCFACE_TEMPLATE_112
 
-    # dlib5 order: eye corners (outer, inner) of the photo-left eye... any fixed layout serves a test model.
-    return np.array([[0.70, 0.38], [0.58, 0.38], [0.30, 0.38], [0.42, 0.38], [0.50, 0.62]]) * size
+    return ARCFACE_TEMPLATE_112 * (size / 112)
 
 
 class TinyFaceModel:

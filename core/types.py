@@ -11,7 +11,7 @@ Tensors are batched from the first line: images are ``[B, 3, H, W]`` float in ``
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, NamedTuple, Protocol, Sequence, runtime_checkable
 
 if TYPE_CHECKING:  # keep this module free of torch at import time
     import numpy as np
@@ -115,6 +115,14 @@ class Loss(Protocol):
     def __call__(self, view: "View") -> "torch.Tensor":
         """-> Tensor [B], one value per photo of the batch."""
         ...
+
+
+class WeightedLoss(NamedTuple):
+    """One term of a method's objective: ``weight * loss(view)``, signed by ``loss.maximize``."""
+
+    weight: float
+    loss: Loss
+    name: str = ""
 
 
 class Method(Protocol):

@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from guardkit.types import Face, FaceModel
+from guardkit.types import Encoder, Face, FaceModel
 
 ChipTransform = Callable[[torch.Tensor], torch.Tensor]
 
@@ -29,6 +29,11 @@ class View:
         chip_transform: optional EOT transform ``[N,3,S,S] -> [K*N,3,S,S]`` applied to the chips
             (rows ordered K blocks of N).
         target_embeddings: optional [N, D] embeddings of a target identity (impersonation).
+        encoder: the image encoder (VAE), or None.
+        clean_latent: ``encoder.encode`` of the clean batch (computed once by the method; lazily if None).
+        target_latent / target_image: targets of targeted attacks (PhotoGuard, VAE attack).
+        face_source: where face losses read faces: ``"adv"`` (the protected photo) or ``"decoded"``
+            (``decoder(encoder(adv))``, what a latent diffusion editor starts from: FaceLock).
     """
 
     def __init__(
@@ -41,7 +46,14 @@ class View:
         reference_embeddings: torch.Tensor | None = None,
         chip_transform: ChipTransform | None = None,
         target_embeddings: torch.Tensor | None = None,
+        encoder: Encoder | None = None,
+        clean_latent: torch.Tensor | None = None,
+        target_latent: torch.Tensor | None = None,
+        target_image: torch.Tensor | None = None,
+        face_source: str = "adv",
     ) -> None:
+        if face_source not in ("adv", "decoded"):
+            raise ValueError(f"face_source must be 'adv' or 'decoded', got {face_source!r}")
         self.clean = clean
         self.adv = adv
         self.faces = list(faces)
@@ -49,6 +61,11 @@ class View:
         self._reference = reference_embeddings
         self._target = target_embeddings
         self._chip_transform = chip_transform
+        self.encoder = encoder
+        self._clean_latent = clean_latent
+        self.target_latent = target_latent
+        self.target_image = target_image
+        self.face_source = face_source
 
     @property
     def batch_size(self) -> int:
@@ -59,10 +76,37 @@ class View:
             raise ValueError("this loss needs a face model, and the method gave the view none")
         return self.face_model
 
+    def _require_encoder(self) -> Encoder:
+        if self.encoder is None:
+            raise ValueError("this loss needs an encoder, and the method gave the view none")
+        return self.encoder
+
+    @cached_property
+    def latent(self) -> torch.Tensor:
+        """``encoder.encode`` of the protected batch (inputs mapped to [-1, 1])."""
+        return self._require_encoder().encode(self.adv * 2 - 1)
+
+    @cached_property
+    def clean_latent(self) -> torch.Tensor:
+        if self._clean_latent is None:
+            with torch.no_grad():
+                self._clean_latent = self._require_encoder().encode(self.clean * 2 - 1)
+        return self._clean_latent
+
+    @cached_property
+    def decoded(self) -> torch.Tensor:
+        """``decode(encode(adv))`` in [0, 1]: what a latent diffusion editor reconstructs."""
+        return ((self._require_encoder().decode(self.latent) + 1) / 2).clamp(0, 1)
+
+    @property
+    def face_images(self) -> torch.Tensor:
+        """The images face losses read: ``adv`` or ``decoded`` (``face_source``)."""
+        return self.decoded if self.face_source == "decoded" else self.adv
+
     @cached_property
     def chips(self) -> torch.Tensor:
-        """The faces of ``adv`` aligned to the face model's chip (after the EOT transform, if any)."""
-        chips = self._require_face_model().align(self.adv, self.faces)
+        """The faces of ``face_images`` aligned to the face model's chip (after the EOT transform, if any)."""
+        chips = self._require_face_model().align(self.face_images, self.faces)
         return self._chip_transform(chips) if self._chip_transform is not None else chips
 
     @cached_property

@@ -11,7 +11,7 @@ from guardkit.config import Budget, RunConfig
 from guardkit.plugins.losses.face import FaceCosine
 from guardkit.plugins.methods.fr_cloak import FrCloak, face_support
 from guardkit.testing import TinyFaceModel
-from guardkit.types import Face
+from guardkit.types import Face, WeightedLoss
 from guardkit.view import View
 
 EPS = 8 / 255
@@ -41,7 +41,7 @@ def batch():
 
 
 def cloak(model, seed=0, steps=12, eot=2) -> FrCloak:
-    return FrCloak(RunConfig(seed=seed), face_model=model, losses=[(1.0, FaceCosine())], eot_draws=eot)
+    return FrCloak(RunConfig(seed=seed), face_model=model, losses=[WeightedLoss(1.0, FaceCosine(), "face-cosine")], eot_draws=eot)
 
 
 def dissimilarity(model, clean, adv, faces):

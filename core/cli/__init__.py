@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import typer
 
+from guardkit.cli import methods as _methods
 from guardkit.cli import models as _models
 from guardkit.cli import plugins as _plugins
 from guardkit.cli import run as _run
@@ -22,6 +23,7 @@ app = typer.Typer(
 app.command("run")(_run.run_command)
 app.command("plugins")(_plugins.plugins_command)
 app.command("models")(_models.models_command)
+app.add_typer(_methods.app, name="methods")
 
 
 def main() -> None:

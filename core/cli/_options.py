@@ -33,6 +33,13 @@ def progress() -> Progress:
         console=err_console, disable=not sys.stderr.isatty(), transient=False,
     )
 
+def warn(text: str) -> None:
+    """One yellow line on stderr (never wrapped, never read as markup)."""
+    from rich.markup import escape
+
+    err_console.print(f"[yellow]warning:[/] {escape(text)}", highlight=False, soft_wrap=True)
+
+
 EXIT_FAILED_PHOTOS = 1
 EXIT_USAGE = 2
 

@@ -6,7 +6,7 @@ import json
 
 from rich.table import Table
 
-from guardkit.cli._options import DisableOpt, JsonOpt, err_console, one_line_errors, out_console
+from guardkit.cli._options import DisableOpt, JsonOpt, one_line_errors, out_console, warn
 
 
 def _plain(value):
@@ -35,4 +35,4 @@ def plugins_command(as_json: JsonOpt = False, disable_plugin: DisableOpt = None)
         table.add_row(s.kind.replace("_", " "), s.name, s.origin, caps, s.summary)
     out_console.print(table)
     for error in engine.errors:
-        err_console.print(f"[yellow]warning:[/] {error}", highlight=False)
+        warn(str(error))

@@ -8,11 +8,12 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from guardkit.cli._options import (
     EXIT_FAILED_PHOTOS, DisableOpt, EncoderOpt, FaceFinderOpt, FaceModelOpt, JsonOpt, MethodOpt, WeightsDirOpt,
-    err_console, one_line_errors, out_console, progress,
+    err_console, one_line_errors, warn, out_console, progress,
 )
 from guardkit.config import DEFAULT_EPS, Budget, RunConfig, parse_fraction
 from guardkit.errors import ConfigError
@@ -57,6 +58,8 @@ def run_command(
     loss: Annotated[Optional[list[str]], typer.Option(help="NAME=WEIGHT, repeatable (default: the method's).")] = None,
     option: Annotated[Optional[list[str]], typer.Option("--option", "-O", help="Method option KEY=VALUE.")] = None,
     resume: Annotated[bool, typer.Option(help="Skip photos already protected in the output folder.")] = True,
+    encoder_path: Annotated[Optional[Path], typer.Option(help="Local folder of the encoder's weights.")] = None,
+    fr_path: Annotated[Optional[Path], typer.Option(help="Weight file of the face model.")] = None,
     weights_dir: WeightsDirOpt = None,
     threads: Annotated[Optional[int], typer.Option(help="CPU threads (default: torch's).")] = None,
     disable_plugin: DisableOpt = None,
@@ -69,7 +72,7 @@ def run_command(
         raise ConfigError(f"--format must be png or jpeg, got {fmt!r}")
     engine = Engine(disabled=disable_plugin or ())
     for error in engine.errors:
-        err_console.print(f"[yellow]warning:[/] {error}", highlight=False)
+        warn(str(error))
     method_steps = getattr(engine.registry.get("method", method).factory, "default_steps", 100)
     budget = Budget(eps=parse_fraction(eps) if eps else DEFAULT_EPS, steps=method_steps if steps is None else steps,
                     step_size=parse_fraction(step_size) if step_size else None)
@@ -77,16 +80,18 @@ def run_command(
                     budget=budget, threads=threads)
     losses = {k: float(parse_fraction(v)) for k, v in parse_pairs(loss, "--loss").items()} or None
     options = {k: _number(v) for k, v in parse_pairs(option, "--option").items()}
+    part_options = {"encoder": {"path": str(encoder_path)} if encoder_path else {},
+                    "face_model": {"path": str(fr_path)} if fr_path else {}}
     with progress() as bar:
         task = bar.add_task("protecting", total=None)
         result = engine.protect(
             inputs, method=method, face_model=face_model, face_finder=face_finder, encoder=encoder, run=run,
-            losses=losses, options=options, output_dir=output, fmt=fmt, resume=resume,
+            losses=losses, options=options, part_options=part_options, output_dir=output, fmt=fmt, resume=resume,
             on_start=lambda n: bar.update(task, total=n),
             on_photo=lambda photo: bar.advance(task),
         )
     for photo in result.failed:
-        err_console.print(f"[red]failed:[/] {photo.error}", highlight=False, soft_wrap=True)
+        err_console.print(f"[red]failed:[/] {escape(photo.error)}", highlight=False, soft_wrap=True)
     if as_json:
         out_console.print_json(json.dumps({
             "method": method, "face_model": face_model, "eps": budget.eps, "steps": budget.steps,

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 import torch
 
 from guardkit import hookimpl
-from guardkit.attack import pgd
+from guardkit.attack import combine, pgd
 
 
 class PerturbationTV:
@@ -46,8 +46,7 @@ class SmoothNoise:
         generator = torch.Generator(device=images.device).manual_seed(self.run.seed)
 
         def objective(x_adv, step):
-            view = View(images, x_adv, faces)
-            return sum((w if loss.maximize else -w) * loss(view) for w, loss in self.losses)
+            return combine(self.losses, View(images, x_adv, faces))
 
         return pgd(images, objective, budget, generator=generator)
 

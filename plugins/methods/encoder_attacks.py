@@ -1,0 +1,128 @@
+"""The FaceLock paper's baselines, each composed from an encoder and a loss (Alg. 2-4 of the paper).
+
+- ``photoguard``: encoder attack towards a target latent, minimise ||E(x') - E(x_target)||^2
+  (Salman et al., "Raising the Cost of Malicious AI-Powered Image Editing", ICML 2023); the target
+  is a flat grey image (``-O target=0.5``).
+- ``editshield``: maximise the latent distance to the clean latent (Chen et al., EditShield, 2023).
+- ``encoder``: the untargeted encoder attack, ascend ||E(x') - E(x)||^2 by signed steps (Alg. 2).
+  The same objective as ``editshield``; kept as its own name because the paper reports both.
+- ``vae``: descend ||D(E(x')) - x_target||^2 towards a target image (Alg. 3).
+- ``cw``: Carlini-Wagner L2 (Alg. 4): x' = (tanh(w) + 1) / 2, minimise ||x' - x||^2 - c * ||E(x') - E(x)||^2
+  with Adam, then clipped to the budget (the engine's projection).
+
+All protect a face-centred square at the encoder's resolution (``-O resolution=512``) and paste it
+back; ``-O mask=face`` limits the change to the faces, ``-O eot=jpeg,resize,blur`` adds EOT.
+Example: ``guardkit run --method photoguard --encoder sd-vae photo.jpg -o out/``
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Sequence
+
+import torch
+
+from guardkit import hookimpl
+from guardkit.attack import project
+from guardkit.config import Budget, RunConfig, build_config
+from guardkit.errors import ConfigError
+from guardkit.latent_attack import LatentAttackConfig, run_latent_attack
+from guardkit.region import ModelSpace
+from guardkit.types import Encoder, Face, WeightedLoss
+
+
+class _EncoderMethod:
+    needs: ClassVar[frozenset[str]] = frozenset({"encoder"})
+    needs_gradients: ClassVar[bool] = True
+    default_steps: ClassVar[int] = 100
+    config_class: ClassVar[type] = LatentAttackConfig
+
+    def __init__(self, run: RunConfig, *, encoder: Encoder, losses: Sequence[WeightedLoss], **options: Any) -> None:
+        self.run, self.encoder, self.losses = run, encoder, list(losses)
+        self.config = build_config(LatentAttackConfig, options)
+
+    def protect(self, images: torch.Tensor, faces: Sequence[Face], budget: Budget) -> torch.Tensor:
+        return run_latent_attack(images, faces, budget, run=self.run, config=self.config, encoder=self.encoder,
+                                 losses=self.losses)
+
+
+class PhotoGuard(_EncoderMethod):
+    """PhotoGuard's encoder attack: the latent of x' goes to the latent of a flat grey target."""
+
+    default_losses: ClassVar[dict[str, float]] = {"target-latent": 1.0}
+
+
+class EditShield(_EncoderMethod):
+    """EditShield: the latent of x' goes away from the clean latent."""
+
+    default_losses: ClassVar[dict[str, float]] = {"latent-l2": 1.0}
+
+
+class UntargetedEncoder(_EncoderMethod):
+    """The untargeted encoder attack of the FaceLock paper (Alg. 2)."""
+
+    default_losses: ClassVar[dict[str, float]] = {"latent-l2": 1.0}
+
+
+class VAEAttack(_EncoderMethod):
+    """The VAE attack (Alg. 3): D(E(x')) goes to a flat grey target image."""
+
+    default_losses: ClassVar[dict[str, float]] = {"decoder-target": 1.0}
+
+
+@dataclass(frozen=True)
+class CWConfig:
+    """c: weight of the latent term; lr: Adam's learning rate; resolution as for the other methods."""
+
+    c: float = 10.0
+    lr: float = 0.01
+    resolution: int = 512
+
+    def __post_init__(self) -> None:
+        if self.resolution % 8 or self.resolution < 8:
+            raise ConfigError(f"resolution must be a positive multiple of 8, got {self.resolution}")
+
+
+class CW:
+    """Carlini-Wagner L2 in tanh space with Adam (Alg. 4), then clipped to the L-inf budget."""
+
+    needs: ClassVar[frozenset[str]] = frozenset({"encoder"})
+    needs_gradients: ClassVar[bool] = True
+    default_losses: ClassVar[dict[str, float]] = {"latent-l2": 1.0}
+    default_steps: ClassVar[int] = 100
+    config_class: ClassVar[type] = CWConfig
+
+    def __init__(self, run: RunConfig, *, encoder: Encoder, losses: Sequence[WeightedLoss], **options: Any) -> None:
+        self.run, self.encoder, self.losses = run, encoder, list(losses)
+        self.config = build_config(CWConfig, options)
+
+    def protect(self, images: torch.Tensor, faces: Sequence[Face], budget: Budget) -> torch.Tensor:
+        from guardkit.attack import combine
+        from guardkit.view import View
+
+        space = ModelSpace.around(images.shape[2], images.shape[3], faces, self.config.resolution)
+        region = space.crop(images).detach()
+        with torch.no_grad():
+            clean = space.to_model(region)
+            clean_latent = self.encoder.encode(clean * 2 - 1)
+        w = torch.atanh((region * 2 - 1).clamp(-1 + 1e-6, 1 - 1e-6)).requires_grad_(True)
+        optimiser = torch.optim.Adam([w], lr=self.config.lr)
+        for _ in range(budget.steps):
+            adv = (torch.tanh(w) + 1) / 2
+            view = View(clean, space.to_model(adv), encoder=self.encoder, clean_latent=clean_latent)
+            distortion = (adv - region).pow(2).flatten(1).sum(1)
+            loss = (distortion - self.config.c * combine(self.losses, view)).sum()
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+        adv = (torch.tanh(w.detach()) + 1) / 2
+        return space.paste(images, project(adv, region, budget))
+
+
+@hookimpl
+def guardkit_register_methods(register):
+    register("photoguard", PhotoGuard, summary="PhotoGuard encoder attack towards a grey target latent")
+    register("editshield", EditShield, summary="EditShield: maximise the latent distance to the clean latent")
+    register("encoder", UntargetedEncoder, summary="untargeted encoder attack (FaceLock paper, Alg. 2)")
+    register("vae", VAEAttack, summary="VAE attack: decoded image towards a grey target (Alg. 3)")
+    register("cw", CW, summary="Carlini-Wagner L2 in tanh space with Adam, clipped to the budget (Alg. 4)")
