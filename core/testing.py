@@ -133,3 +133,29 @@ class FaceModelContract:
         assert torch.allclose(model.distance(emb, emb), torch.zeros(len(faces), dtype=emb.dtype), atol=1e-5)
         one = model.embed(model.align(images, faces[:1]))
         assert torch.allclose(one[0], emb[0], atol=1e-4)
+
+
+#: A tiny ``AutoencoderKL`` with the real layout (4 down blocks: downsampling 8) per encoder part.
+TINY_VAE = dict(
+    in_channels=3, out_channels=3,
+    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+    block_out_channels=(8, 8, 16, 16), layers_per_block=1, norm_num_groups=4, sample_size=32,
+)
+TINY_VAE_LATENTS = {
+    "sd-vae": dict(latent_channels=4, scaling_factor=0.18215),
+    "flux": dict(latent_channels=16, scaling_factor=0.3611, shift_factor=0.1159,
+                 use_quant_conv=False, use_post_quant_conv=False),
+}
+
+
+def save_tiny_vae(folder, kind: str = "sd-vae", seed: int = 0):
+    """Save a seeded random tiny ``AutoencoderKL`` for encoder ``kind`` to ``folder`` (diffusers layout),
+    so tests load it through the part's real loading code. Returns the folder."""
+    import diffusers
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = diffusers.AutoencoderKL(**TINY_VAE, **TINY_VAE_LATENTS[kind]).eval()
+    model.save_pretrained(folder)
+    return folder

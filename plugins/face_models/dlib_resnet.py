@@ -546,6 +546,11 @@ class DlibFaceModel:
         net = self._loaded()
         return net(chips.to(net.means.device, torch.float32) * 255.0)
 
+    def jitter(self, chips: Tensor, draws: int, generator: torch.Generator) -> Tensor:
+        """EOT: ``draws`` of dlib's own ``jitter_image`` per chip, [N,...] -> [draws*N,...] (K blocks of N),
+        the transformation ``compute_face_descriptor(num_jitters=...)`` averages over."""
+        return torch.cat([dlib_jitter(chips, generator) for _ in range(draws)])
+
     def distance(self, a: Tensor, b: Tensor) -> Tensor:
         return (a - b).norm(dim=-1)
 

@@ -1,0 +1,185 @@
+"""A diffusers ``AutoencoderKL`` as a guardkit encoder; the ``sd-vae`` and ``flux`` parts set its constants.
+
+``encode`` returns the *scaled* latent ``(mean - shift) * scale``, the tensor the diffusion model sees;
+``decode`` inverts it. Scale and shift are read from the loaded config; a part's constants are used
+only where the config does not state them. Weights load offline only, from the first of:
+
+- the ``path`` option: a ``diffusers`` VAE folder (``config.json`` + weights) or a folder holding ``vae/``;
+  when given, nothing else is searched;
+- ``RunConfig.weights_dir / HUB_ID`` (``vae/`` inside it, or the VAE folder itself);
+- the Hugging Face cache (``$HF_HUB_CACHE``, ``$HF_HOME/hub`` or ``~/.cache/huggingface/hub``), read with
+  ``local_files_only=True``.
+
+diffusers is imported only in ``load()``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+from guardkit.config import RunConfig
+from guardkit.errors import ConfigError, WeightsError
+
+
+@dataclass(frozen=True)
+class VAEConfig:
+    """``path``: a local VAE folder (only that folder is searched). ``revision``: the hub revision looked
+    up in the Hugging Face cache (``None``: the part's ``REVISION``). ``sample``: draw ``z`` from the
+    posterior with a generator seeded from ``RunConfig.seed`` instead of using its mean.
+    ``gradient_checkpointing``: trade compute for memory in the VAE's blocks."""
+
+    path: str | None = None
+    revision: str | None = None
+    sample: bool = False
+    gradient_checkpointing: bool = False
+
+
+class DiffusersVAE:
+    """A diffusers ``AutoencoderKL``: x [B,3,H,W] in [-1,1] <-> z [B,C,H/8,W/8] (scaled, shifted latents).
+
+    Encoders built on it (``sd-vae``, ``flux``) differ only in the class constants below.
+    """
+
+    name: ClassVar[str] = "sd-vae"
+    differentiable: ClassVar[bool] = True
+    latent_channels: ClassVar[int] = 4
+    downsample: ClassVar[int] = 8
+
+    HUB_ID: ClassVar[str] = "timbrooks/instruct-pix2pix"
+    SUBFOLDER: ClassVar[str] = "vae"
+    REVISION: ClassVar[str] = "main"
+    #: used only when the loaded config does not state them (SD's VAE has no shift)
+    SCALING_FACTOR: ClassVar[float] = 0.18215
+    SHIFT_FACTOR: ClassVar[float] = 0.0
+
+    def __init__(self, run: RunConfig | None = None, **options: Any) -> None:
+        self.run = run or RunConfig()
+        try:
+            self.config = VAEConfig(**options)
+        except TypeError as exc:
+            known = ", ".join(f.name for f in dataclasses.fields(VAEConfig))
+            raise ConfigError(f"encoder {self.name!r}: unknown option(s) {sorted(options)}; known: {known}") from exc
+        self.revision = self.config.revision or self.REVISION
+        self.vae = None
+        self.scaling_factor = self.SCALING_FACTOR
+        self.shift_factor = self.SHIFT_FACTOR
+        self._generator: torch.Generator | None = None
+
+    # ----------------------------------------------------------------------------- loading
+    def load(self) -> None:
+        if self.vae is not None:
+            return
+        try:
+            from diffusers import AutoencoderKL
+        except ImportError as exc:
+            raise WeightsError(f"encoder {self.name!r} needs diffusers: pip install diffusers") from exc
+        vae = self._from_local(AutoencoderKL) or self._from_hf_cache(AutoencoderKL)
+        if vae.config.latent_channels != self.latent_channels:
+            raise WeightsError(f"{self.name} weights have {vae.config.latent_channels} latent channels, "
+                               f"expected {self.latent_channels}: wrong VAE for this encoder")
+        defaults = set(vae.config.get("_use_default_values", ()))
+        cfg_scale, cfg_shift = vae.config.get("scaling_factor"), vae.config.get("shift_factor")
+        self.scaling_factor = float(cfg_scale) if cfg_scale is not None and "scaling_factor" not in defaults \
+            else self.SCALING_FACTOR
+        self.shift_factor = float(cfg_shift) if cfg_shift is not None and "shift_factor" not in defaults \
+            else self.SHIFT_FACTOR
+        device, dtype = self.run.torch_device(), self.run.torch_dtype()
+        vae.to(device=device, dtype=dtype).eval().requires_grad_(False)
+        if self.config.gradient_checkpointing:
+            vae.enable_gradient_checkpointing()
+        if self.config.sample:
+            self._generator = torch.Generator(device=device).manual_seed(self.run.seed)
+        self.vae = vae
+
+    def _local_candidates(self) -> list[Path]:
+        if self.config.path is not None:
+            return [Path(self.config.path).expanduser()]
+        if self.run.weights_dir is not None:
+            return [Path(self.run.weights_dir).expanduser() / self.HUB_ID]
+        return []
+
+    def _from_local(self, cls: Any) -> Any:
+        for folder in self._local_candidates():
+            for vae_dir in (folder, folder / self.SUBFOLDER):
+                if (vae_dir / "config.json").is_file():
+                    try:
+                        return cls.from_pretrained(str(vae_dir), local_files_only=True, **_load_kwargs())
+                    except (OSError, ValueError) as exc:
+                        raise WeightsError(f"{self.name} weights in {vae_dir} are incomplete or unreadable "
+                                           f"({_first_line(exc)}): {self._how_to_fetch()}") from exc
+        if self.config.path is not None:
+            raise WeightsError(f"{self.name} weights not found in {self.config.path} (no config.json there or "
+                               f"in its {self.SUBFOLDER}/ folder): {self._how_to_fetch()}")
+        return None
+
+    def _from_hf_cache(self, cls: Any) -> Any:
+        from huggingface_hub.errors import EntryNotFoundError, OfflineModeIsEnabled
+
+        cache = _hf_hub_cache()
+        try:
+            with warnings.catch_warnings():  # diffusers passes hub arguments that hub 1.x deprecates
+                warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*")
+                return cls.from_pretrained(self.HUB_ID, subfolder=self.SUBFOLDER, revision=self.revision,
+                                           cache_dir=str(cache), local_files_only=True, **_load_kwargs())
+        except (OSError, EntryNotFoundError, OfflineModeIsEnabled) as exc:
+            looked = [str(p) for p in self._local_candidates()] + [f"the Hugging Face cache {cache}"]
+            raise WeightsError(f"{self.name} weights not found (looked in {' and '.join(looked)} for "
+                               f"{self.HUB_ID}@{self.revision} subfolder {self.SUBFOLDER}): "
+                               f"{self._how_to_fetch()}") from exc
+
+    def _how_to_fetch(self) -> str:
+        rev = f" --revision {self.revision}" if self.revision != "main" else ""
+        return (f"fetch them with `hf download {self.HUB_ID}{rev} --include '{self.SUBFOLDER}/*' "
+                f"--local-dir DIR/{self.HUB_ID}` on a machine with network, then pass --weights-dir DIR "
+                f"(or the encoder option path=DIR/{self.HUB_ID})")
+
+    # ----------------------------------------------------------------------------- encode / decode
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """x [B,3,H,W] in [-1,1] (H, W multiples of 8) -> scaled latent [B,C,H/8,W/8], x's dtype."""
+        self.load()
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ConfigError(f"{self.name}.encode expects images [B,3,H,W], got shape {tuple(x.shape)}")
+        h, w = x.shape[-2:]
+        if h % self.downsample or w % self.downsample:
+            raise ConfigError(f"{self.name}: image height and width must be multiples of {self.downsample}, "
+                              f"got {h}x{w} (pad or resize the photo)")
+        param = next(self.vae.parameters())
+        dist = self.vae.encode(x.to(device=param.device, dtype=param.dtype)).latent_dist
+        z = dist.sample(generator=self._generator) if self.config.sample else dist.mean
+        z = z.to(device=x.device, dtype=x.dtype)
+        return (z - self.shift_factor) * self.scaling_factor
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Scaled latent [B,C,h,w] -> x [B,3,8h,8w] in (about) [-1,1], z's dtype."""
+        self.load()
+        if z.ndim != 4 or z.shape[1] != self.latent_channels:
+            raise ConfigError(f"{self.name}.decode expects latents [B,{self.latent_channels},h,w], "
+                              f"got shape {tuple(z.shape)}")
+        param = next(self.vae.parameters())
+        raw = z / self.scaling_factor + self.shift_factor
+        x = self.vae.decode(raw.to(device=param.device, dtype=param.dtype)).sample
+        return x.to(device=z.device, dtype=z.dtype)
+
+
+def _hf_hub_cache() -> Path:
+    """The hub cache folder as huggingface_hub resolves it, read now (not at import time)."""
+    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "huggingface")
+    hub = os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE") or os.path.join(home, "hub")
+    return Path(os.path.expandvars(hub)).expanduser()
+
+
+def _load_kwargs() -> dict[str, Any]:
+    # without accelerate, diffusers warns at every load unless low_cpu_mem_usage is off
+    return {"low_cpu_mem_usage": importlib.util.find_spec("accelerate") is not None}
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

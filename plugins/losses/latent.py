@@ -1,0 +1,90 @@
+"""Latent-space losses of the encoder attacks: per-sample objectives over a ``View``.
+
+``latent-l2``: mean squared distance between E(adv) and E(clean), maximised (EditShield, the
+untargeted encoder attack, FaceLock's lambda term).
+``target-latent``: mean squared distance between E(adv) and a target latent, minimised (PhotoGuard's
+encoder attack).
+``decoder-target``: mean squared distance between D(E(adv)) and a target image, minimised (the VAE
+attack).
+A target with batch size 1 serves every photo of the batch.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from guardkit import hookimpl
+from guardkit.view import View
+
+
+def _per_sample_mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return (a - b).pow(2).flatten(1).mean(dim=1)
+
+
+def _match_batch(target: torch.Tensor, like: torch.Tensor, what: str) -> torch.Tensor:
+    target = target.to(device=like.device, dtype=like.dtype)
+    if target.shape[0] == like.shape[0]:
+        return target
+    if target.shape[0] == 1:
+        return target.expand(like.shape[0], *target.shape[1:])
+    raise ValueError(f"{what} has batch size {target.shape[0]}, the batch has {like.shape[0]} (give 1 or the same)")
+
+
+class LatentL2:
+    """Mean squared distance of the protected latent from the clean latent (maximised)."""
+
+    maximize: ClassVar[bool] = True
+    needs: ClassVar[frozenset[str]] = frozenset({"encoder"})
+
+    def __call__(self, view: View) -> torch.Tensor:
+        latent = view.latent
+        return _per_sample_mse(latent, view.clean_latent.to(device=latent.device, dtype=latent.dtype))
+
+
+class TargetLatent:
+    """Mean squared distance of the protected latent from a target latent (minimised: PhotoGuard)."""
+
+    maximize: ClassVar[bool] = False
+    needs: ClassVar[frozenset[str]] = frozenset({"encoder"})
+
+    def __call__(self, view: View) -> torch.Tensor:
+        if view.target_latent is None:
+            raise ValueError("loss 'target-latent' needs a target latent (the encoding of a target image), "
+                             "and the view has none")
+        latent = view.latent
+        target = _match_batch(view.target_latent, latent, "the target latent")
+        if target.shape[1:] != latent.shape[1:]:
+            raise ValueError(f"the target latent has shape {tuple(target.shape[1:])}, the encoder gives "
+                             f"{tuple(latent.shape[1:])}")
+        return _per_sample_mse(latent, target)
+
+
+class DecoderTarget:
+    """Mean squared distance of decode(encode(adv)) from a target image in [0, 1] (minimised: VAE attack).
+
+    A target of another size is resized (bilinear, antialiased) to the decoded size.
+    """
+
+    maximize: ClassVar[bool] = False
+    needs: ClassVar[frozenset[str]] = frozenset({"encoder"})
+
+    def __call__(self, view: View) -> torch.Tensor:
+        if view.target_image is None:
+            raise ValueError("loss 'decoder-target' needs a target image, and the view has none")
+        decoded = view.decoded
+        target = _match_batch(view.target_image, decoded, "the target image")
+        if target.shape[-2:] != decoded.shape[-2:]:
+            target = F.interpolate(target, size=decoded.shape[-2:], mode="bilinear", align_corners=False,
+                                   antialias=True)
+        return _per_sample_mse(decoded, target)
+
+
+@hookimpl
+def guardkit_register_losses(register):
+    register("latent-l2", LatentL2, summary="mean squared latent distance from the clean photo (maximised)")
+    register("target-latent", TargetLatent, summary="mean squared distance to a target latent (PhotoGuard, minimised)")
+    register("decoder-target", DecoderTarget,
+             summary="mean squared distance of the VAE reconstruction to a target image (minimised)")

@@ -1,0 +1,293 @@
+"""The LPIPS module and the LPIPS / latent losses, on a tiny real diffusers VAE (seeded random weights).
+
+LPIPS backbones are random here (no download is possible); the linear heads are read from files that
+the tests write in the real ``lpips`` key format.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import pytest
+import torch
+
+from guardkit.config import RunConfig
+from guardkit.errors import ConfigError, WeightsError
+from guardkit.plugins.losses import latent as latent_mod
+from guardkit.plugins.losses import lpips as lpips_mod
+from guardkit.plugins.losses.latent import DecoderTarget, LatentL2, TargetLatent
+from guardkit.plugins.losses.lpips import HEAD_KEYS, LPIPS, LpipsLoss, LpipsPixelLoss
+from guardkit.registry import Registry, make_plugin_manager
+from guardkit.view import View
+
+SCALING = 0.18215
+CHANNELS = {"alex": (64, 192, 384, 256, 256), "vgg": (64, 128, 256, 512, 512)}
+
+
+class TinyVAE:
+    """A diffusers ``AutoencoderKL`` with a tiny config and seeded weights, behind guardkit's Encoder API."""
+
+    differentiable: ClassVar[bool] = True
+    latent_channels: ClassVar[int] = 4
+    downsample: ClassVar[int] = 8
+
+    def __init__(self) -> None:
+        diffusers = pytest.importorskip("diffusers")
+        torch.manual_seed(0)
+        self.vae = diffusers.AutoencoderKL(
+            in_channels=3, out_channels=3,
+            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+            block_out_channels=(8, 8, 16, 16), layers_per_block=1, norm_num_groups=4, latent_channels=4,
+            sample_size=32,
+        ).eval().requires_grad_(False)
+
+    def load(self) -> None:
+        pass
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.vae.encode(x).latent_dist.mean * SCALING
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode(z / SCALING).sample
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny tensors: one intra-op thread is faster, and immune to OpenMP spin-waits on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def vae() -> TinyVAE:
+    return TinyVAE()
+
+
+@pytest.fixture(scope="module")
+def images() -> torch.Tensor:
+    g = torch.Generator().manual_seed(1)
+    base = torch.rand(3, 3, 8, 8, generator=g)  # smooth-ish photos: upsampled blocks plus grain
+    up = torch.nn.functional.interpolate(base, size=32, mode="bilinear", align_corners=False)
+    return (up + 0.05 * torch.randn(3, 3, 32, 32, generator=g)).clamp(0, 1)
+
+
+def perturbed(clean: torch.Tensor, eps: float = 8 / 255, seed: int = 2) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    noise = (torch.rand(clean.shape, generator=g) * 2 - 1) * eps
+    return (clean + noise).clamp(0, 1).requires_grad_(True)
+
+
+def write_heads(path, net: str, seed: int = 3) -> dict[str, torch.Tensor]:
+    """A heads file in the real lpips format (``lin{i}.model.1.weight``, [1,C,1,1], non-negative)."""
+    g = torch.Generator().manual_seed(seed)
+    state = {key: torch.rand(1, c, 1, 1, generator=g) * 0.1 for key, c in zip(HEAD_KEYS, CHANNELS[net])}
+    torch.save(state, path)
+    return state
+
+
+@pytest.fixture(scope="module")
+def heads_files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("heads")
+    return {net: (folder / f"{net}.pth", write_heads(folder / f"{net}.pth", net)) for net in CHANNELS}
+
+
+@pytest.fixture(scope="module")
+def alex(heads_files) -> LPIPS:
+    return LPIPS("alex", random_backbone=True, heads_path=heads_files["alex"][0])
+
+
+# -- registration ------------------------------------------------------------------------------
+
+def test_losses_register_through_a_fresh_plugin_manager():
+    pm, errors = make_plugin_manager(entry_points=False, plugins=[lpips_mod, latent_mod])
+    registry = Registry.from_plugin_manager(pm)
+    assert errors == []
+    expected = {
+        "lpips": (LpipsLoss, True, ["encoder"]),
+        "lpips-pixel": (LpipsPixelLoss, False, []),
+        "latent-l2": (LatentL2, True, ["encoder"]),
+        "target-latent": (TargetLatent, False, ["encoder"]),
+        "decoder-target": (DecoderTarget, False, ["encoder"]),
+    }
+    assert set(registry.names("loss")) == set(expected)
+    for name, (factory, maximize, needs) in expected.items():
+        spec = registry.get("loss", name)
+        assert spec.factory is factory and spec.summary
+        assert spec.capabilities["maximize"] is maximize and spec.capabilities["needs"] == needs
+
+
+# -- latent losses -------------------------------------------------------------------------------
+
+def test_latent_losses_are_zero_at_their_optimum_and_shaped_b(vae, images):
+    clean = images
+    view = View(clean, clean.clone(), encoder=vae)
+    assert LatentL2()(view).shape == (3,)
+    assert torch.allclose(LatentL2()(view), torch.zeros(3), atol=1e-10)
+    with torch.no_grad():
+        z = vae.encode(clean * 2 - 1)
+        decoded = ((vae.decode(z) + 1) / 2).clamp(0, 1)
+    view = View(clean, clean.clone(), encoder=vae, target_latent=z, target_image=decoded)
+    assert torch.allclose(TargetLatent()(view), torch.zeros(3), atol=1e-10)
+    assert torch.allclose(DecoderTarget()(view), torch.zeros(3), atol=1e-10)
+
+
+def test_target_losses_need_their_target(vae, images):
+    view = View(images, images.clone(), encoder=vae)
+    with pytest.raises(ValueError, match="target latent"):
+        TargetLatent()(view)
+    with pytest.raises(ValueError, match="target image"):
+        DecoderTarget()(view)
+
+
+def test_a_single_or_resized_target_serves_the_whole_batch(vae, images):
+    grey = torch.full((1, 3, 32, 32), 0.5)
+    with torch.no_grad():
+        z_grey = vae.encode(grey * 2 - 1)
+    view = View(images, images.clone(), encoder=vae, target_latent=z_grey, target_image=grey)
+    one = TargetLatent()(view)
+    full = TargetLatent()(View(images, images.clone(), encoder=vae, target_latent=z_grey.expand(3, -1, -1, -1)))
+    assert one.shape == (3,) and torch.allclose(one, full) and bool((one > 0).all())
+    big_grey = torch.full((1, 3, 64, 64), 0.5)
+    small = DecoderTarget()(View(images, images.clone(), encoder=vae, target_image=grey))
+    resized = DecoderTarget()(View(images, images.clone(), encoder=vae, target_image=big_grey))
+    assert torch.allclose(small, resized, atol=1e-6)
+
+
+def test_latent_losses_are_per_sample_and_differentiable(vae, images):
+    grey = torch.full((1, 3, 32, 32), 0.5)
+    with torch.no_grad():
+        z_grey = vae.encode(grey * 2 - 1)
+
+    def view_of(clean, adv):
+        return View(clean, adv, encoder=vae, target_latent=z_grey, target_image=grey)
+
+    for loss in (LatentL2(), TargetLatent(), DecoderTarget()):
+        adv = perturbed(images)
+        values = loss(view_of(images, adv))
+        assert values.shape == (3,) and bool(torch.isfinite(values).all())
+        values.sum().backward()
+        assert bool(torch.isfinite(adv.grad).all()) and adv.grad.abs().sum() > 0, type(loss).__name__
+        alone = torch.cat([loss(view_of(images[i:i + 1], adv.detach()[i:i + 1])) for i in range(3)])
+        assert torch.allclose(values.detach(), alone, rtol=1e-4, atol=1e-7), type(loss).__name__
+    assert LatentL2.maximize and not TargetLatent.maximize and not DecoderTarget.maximize
+
+
+# -- the LPIPS module ------------------------------------------------------------------------------
+
+def test_lpips_identity_is_zero_and_it_is_symmetric(alex, images):
+    assert torch.equal(alex(images, images), torch.zeros(3))
+    other = perturbed(images, 0.1).detach()
+    d = alex(images, other)
+    assert d.shape == (3,) and bool((d > 0).all())
+    assert torch.allclose(d, alex(other, images), atol=1e-7)
+
+
+def test_lpips_grows_with_the_noise_level(alex, images):
+    g = torch.Generator().manual_seed(4)
+    noise = torch.randn(images.shape, generator=g)
+    levels = [alex(images, (images + s * noise).clamp(0, 1)) for s in (0.01, 0.03, 0.1, 0.3)]
+    for lower, higher in zip(levels, levels[1:]):
+        assert bool((higher > lower).all())
+
+
+@pytest.mark.parametrize("net", ["alex", "vgg"])
+def test_both_backbones_run_at_64x64_with_gradients(net, heads_files):
+    model = LPIPS(net, random_backbone=True, heads_path=heads_files[net][0])
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(5))
+    y = perturbed(x, 0.05)
+    d = model(x, y)
+    assert d.shape == (2,) and bool((d > 0).all())
+    d.sum().backward()
+    assert bool(torch.isfinite(y.grad).all()) and y.grad.abs().sum() > 0
+    assert not any(p.requires_grad for p in model.parameters())
+
+
+@pytest.mark.parametrize("net", ["alex", "vgg"])
+def test_heads_load_from_a_file_in_the_real_key_format(net, heads_files):
+    path, state = heads_files[net]
+    model = LPIPS(net, random_backbone=True, heads_path=path)
+    for head, key in zip(model.heads, HEAD_KEYS):
+        assert torch.equal(head.data, state[key])
+
+
+def test_bad_heads_files_are_weights_errors(tmp_path):
+    bad = {key: torch.zeros(1, 3, 1, 1) for key in HEAD_KEYS}
+    torch.save(bad, tmp_path / "shape.pth")
+    with pytest.raises(WeightsError, match="shape"):
+        LPIPS("alex", random_backbone=True, heads_path=tmp_path / "shape.pth")
+    torch.save({"lin0.weight": torch.zeros(1, 64, 1, 1)}, tmp_path / "keys.pth")
+    with pytest.raises(WeightsError, match="lin0.model.1.weight"):
+        LPIPS("alex", random_backbone=True, heads_path=tmp_path / "keys.pth")
+    write_heads(tmp_path / "neg.pth", "alex")
+    state = torch.load(tmp_path / "neg.pth", weights_only=True)
+    state["lin2.model.1.weight"][0, 0] = -1.0
+    torch.save(state, tmp_path / "neg.pth")
+    with pytest.raises(WeightsError, match="negative"):
+        LPIPS("alex", random_backbone=True, heads_path=tmp_path / "neg.pth")
+
+
+def test_backbone_loads_from_a_torchvision_checkpoint(tmp_path, alex, heads_files, images):
+    # A checkpoint in torchvision's layout (features.N.* plus classifier.*), found in the weights folder.
+    state = {f"features.{k}": v.clone() for k, v in alex.features.state_dict().items()}
+    state["classifier.1.weight"] = torch.zeros(4096, 9216 // 256)
+    torch.save(state, tmp_path / "alexnet-owt-7be5be79.pth")
+    loaded = LPIPS("alex", weights_dir=tmp_path, heads_path=heads_files["alex"][0])
+    other = perturbed(images, 0.1).detach()
+    assert torch.allclose(loaded(images, other), alex(images, other))
+    state.pop("features.10.bias")
+    torch.save(state, tmp_path / "broken.pth")
+    with pytest.raises(WeightsError, match="not a torchvision alex checkpoint"):
+        LPIPS("alex", backbone_path=tmp_path / "broken.pth", random_heads=True)
+
+
+def test_missing_weights_are_one_line_weights_errors(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    with pytest.raises(WeightsError) as info:
+        LPIPS("vgg", random_heads=True)
+    message = str(info.value)
+    assert "\n" not in message and "vgg16-397923af.pth" in message and "download.pytorch.org" in message
+    with pytest.raises(WeightsError) as info:
+        LPIPS("alex", backbone_path=tmp_path / "nope.pth", random_heads=True)
+    assert "\n" not in str(info.value) and "alexnet-owt-7be5be79.pth" in str(info.value)
+    monkeypatch.setattr(lpips_mod, "default_heads_path", lambda net: None)
+    with pytest.raises(WeightsError) as info:
+        LPIPS("alex", random_backbone=True)
+    assert "\n" not in str(info.value) and "lpips" in str(info.value) and "heads_path" in str(info.value)
+    with pytest.raises(ConfigError):
+        LPIPS("squeeze", random_backbone=True, random_heads=True)
+
+
+# -- the LPIPS losses ------------------------------------------------------------------------------
+
+def test_lpips_losses_on_a_view(vae, images, heads_files):
+    options = dict(random_backbone=True, heads_path=heads_files["alex"][0])
+    decoded_loss, pixel_loss = LpipsLoss(**options), LpipsPixelLoss(**options)
+    assert LpipsLoss.maximize and not LpipsPixelLoss.maximize
+    assert decoded_loss.module is None  # built on first call
+    assert torch.equal(pixel_loss(View(images, images.clone())), torch.zeros(3))
+    for loss in (decoded_loss, pixel_loss):
+        adv = perturbed(images)
+        values = loss(View(images, adv, encoder=vae))
+        assert values.shape == (3,) and bool((values > 0).all())
+        values.sum().backward()
+        assert bool(torch.isfinite(adv.grad).all()) and adv.grad.abs().sum() > 0
+        alone = torch.cat([loss(View(images[i:i + 1], adv.detach()[i:i + 1], encoder=vae)) for i in range(3)])
+        assert torch.allclose(values.detach(), alone, rtol=1e-4, atol=1e-7)
+    # It follows the input's dtype (and device).
+    d64 = pixel_loss(View(images.double(), perturbed(images).detach().double()))
+    assert d64.dtype == torch.float64 and pixel_loss.module.heads[0].dtype == torch.float64
+
+
+def test_lpips_loss_options(tmp_path, heads_files):
+    with pytest.raises(ConfigError, match="unknown LPIPS option"):
+        LpipsLoss(netw="alex")
+    with pytest.raises(ConfigError):
+        LpipsLoss(net="squeeze")
+    torch.save({f"features.{k}": v for k, v in LPIPS("alex", random_backbone=True, random_heads=True)
+                .features.state_dict().items()}, tmp_path / "alexnet-owt-7be5be79.pth")
+    loss = LpipsPixelLoss(RunConfig(weights_dir=tmp_path), heads_path=heads_files["alex"][0])
+    x = torch.rand(1, 3, 32, 32)
+    assert loss(View(x, x.clone())).shape == (1,)
+    assert loss.module is not None
