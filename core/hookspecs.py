@@ -24,6 +24,10 @@ KINDS: dict[str, str] = {
     "editor": "guardkit_register_editors",
     "loss": "guardkit_register_losses",
     "method": "guardkit_register_methods",
+    "purifier": "guardkit_register_purifiers",
+    "metric": "guardkit_register_metrics",
+    "face_parser": "guardkit_register_face_parsers",
+    "edit_method": "guardkit_register_edit_methods",
 }
 
 
@@ -55,3 +59,23 @@ def guardkit_register_losses(register: "Register") -> None:
 @hookspec
 def guardkit_register_methods(register: "Register") -> None:
     """Call ``register(name, factory, summary=...)`` once per protection method."""
+
+
+@hookspec
+def guardkit_register_purifiers(register: "Register") -> None:
+    """Call ``register(name, factory, summary=...)`` once per purification (JPEG, blur, DiffPure, ...)."""
+
+
+@hookspec
+def guardkit_register_metrics(register: "Register") -> None:
+    """Call ``register(name, factory, summary=...)`` once per evaluation metric (PSNR, CLIP-S, FR, ...)."""
+
+
+@hookspec
+def guardkit_register_face_parsers(register: "Register") -> None:
+    """Call ``register(name, factory, summary=...)`` once per face parser (regions: hair, skin, eyes, ...)."""
+
+
+@hookspec
+def guardkit_register_edit_methods(register: "Register") -> None:
+    """Call ``register(name, factory, summary=...)`` once per editing-time protection (Flux-Guard, ...)."""

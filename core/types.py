@@ -106,6 +106,54 @@ class Editor(Part, Protocol):
     def edit(self, images: "torch.Tensor", prompt: str, *, seed: int) -> "torch.Tensor": ...
 
 
+class Purifier(Part, Protocol):
+    """A transformation an adversary (or a careless re-save) applies to a protected photo.
+
+    Built as ``factory(run, **options)``; ``purify`` is deterministic for a given generator.
+    """
+
+    differentiable: ClassVar[bool]  # usable inside the loop as an EOT transform with gradients
+
+    def purify(self, images: "torch.Tensor", generator: "torch.Generator") -> "torch.Tensor":
+        """[B,3,H,W] in [0,1] -> [B,3,H',W'] in [0,1] (same size unless the purifier resizes)."""
+        ...
+
+
+@dataclass
+class EvalBatch:
+    """What a metric scores: one batch of evaluation samples (all [B,3,H,W] in [0,1], same size).
+
+    ``source``: the clean photo; ``protected``: after protection (and purification);
+    ``edited``: the editor's output on ``protected``; ``edited_clean``: its output on ``source``
+    with the same seed; ``prompt``: the edit instruction; ``faces``: faces of ``source``.
+    """
+
+    source: "torch.Tensor"
+    protected: "torch.Tensor"
+    edited: "torch.Tensor"
+    edited_clean: "torch.Tensor"
+    prompt: str
+    faces: Sequence[Face] = ()
+
+
+class Metric(Part, Protocol):
+    """A per-sample score. ``higher_is_better`` says which way is better *for the protection*."""
+
+    higher_is_better: ClassVar[bool]
+
+    def score(self, batch: EvalBatch) -> "torch.Tensor":
+        """-> Tensor [B] (NaN where a sample cannot be scored, e.g. no face)."""
+        ...
+
+
+class FaceParser(Part, Protocol):
+    """Splits faces into regions (hair, skin, eyes, brows, lips, nose, glasses, beard, background)."""
+
+    def parse(self, image: "torch.Tensor", faces: Sequence[Face]) -> dict[str, "torch.Tensor"]:
+        """image [1,3,H,W] -> {region: soft mask [1,1,H,W] in [0,1]}."""
+        ...
+
+
 class Loss(Protocol):
     """A per-sample objective. ``maximize`` says which way is more protection."""
 

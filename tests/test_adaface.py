@@ -181,7 +181,10 @@ def test_pickled_object_is_refused_not_unpickled(tmp_path):
 
 
 def test_mismatched_keys_name_the_key(tmp_path):
-    state = _random_ir50()
+    with torch.device("meta"):
+        shapes = {k: (v.shape, v.dtype) for k, v in AdaFaceNet("ir_50").state_dict().items()}
+    # zero-stride views: the file stores one number per tensor, yet every key and shape is right
+    state = {k: torch.zeros((), dtype=dtype).expand(shape) for k, (shape, dtype) in shapes.items()}
     state["output_layer.3.weight_renamed"] = state.pop("output_layer.3.weight")
     path = tmp_path / "renamed.pt"
     torch.save(state, path)  # a plain state dict
@@ -191,6 +194,10 @@ def test_mismatched_keys_name_the_key(tmp_path):
     assert "\n" not in message and str(path) in message
     assert "missing keys output_layer.3.weight" in message
     assert "unexpected keys output_layer.3.weight_renamed" in message
+    state["output_layer.3.weight"] = state.pop("output_layer.3.weight_renamed")[:, :100]
+    torch.save(state, path)
+    with pytest.raises(WeightsError, match=r"wrong shapes output_layer.3.weight \(512, 100\) != \(512, 25088\)"):
+        AdaFace(RunConfig(), path=path).load()
 
 
 def test_cvlface_safetensors_loads(tmp_path):
@@ -203,6 +210,7 @@ def test_cvlface_safetensors_loads(tmp_path):
     model.load()
     assert model.net is not None and model.net.arch == "ir_50"
     assert all(torch.equal(v, saved[k]) for k, v in model.net.state_dict().items())
+    path.unlink()  # 175 MB
 
 
 def test_wrong_arch_or_garbage_is_a_weights_error(ckpt_path, tmp_path):

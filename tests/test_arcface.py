@@ -321,3 +321,21 @@ def test_scrfd_missing_and_wrong_files(tmp_path, monkeypatch):
     other = _export(nn.Conv2d(3, 2, 3), torch.zeros(1, 3, 64, 64), tmp_path / "conv.onnx", ["out"])
     with pytest.raises(WeightsError, match="9 or 15 outputs"):
         ScrfdFaceFinder(RunConfig(), path=str(other)).load()
+
+
+def test_float_cast_before_fc_is_looked_through(tmp_path, tiny_onnx):
+    """iresnet.py's ``fc(x.float() if fp16 else x)`` can leave a Cast(to=FLOAT) in an export."""
+    import onnx
+    from onnx import helper
+
+    proto = onnx.load(str(tiny_onnx[1]))
+    nodes = list(proto.graph.node)
+    at, gemm = next((i, n) for i, n in enumerate(nodes) if n.op_type == "Gemm")
+    cast = helper.make_node("Cast", [gemm.input[0]], ["as_float"], to=onnx.TensorProto.FLOAT)
+    gemm.input[0] = "as_float"
+    del proto.graph.node[:]
+    proto.graph.node.extend(nodes[:at] + [cast] + nodes[at:])
+    onnx.save(proto, str(tmp_path / "cast.onnx"))
+    model = _model(tmp_path / "cast.onnx")
+    chips = torch.rand(2, 3, 112, 112)
+    assert (model.embed(chips) - model.embed_onnx(chips)).abs().max() < 1e-4

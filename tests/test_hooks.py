@@ -161,3 +161,108 @@ def test_hook_guardkit_register_methods(guardkit_pm):
     budget = Budget(eps=2 / 255)
     out = project(spec.factory(RunConfig(), losses=[]).protect(x, [], budget), x, budget)
     assert (out - x).abs().max() <= budget.eps + 1e-7
+
+
+class Invert:
+    differentiable: ClassVar[bool] = True
+
+    def __init__(self, run=None, **options):
+        pass
+
+    def load(self):
+        pass
+
+    def purify(self, images, generator):
+        return 1 - images
+
+
+def test_hook_guardkit_register_purifiers(guardkit_pm):
+    class Plugin:
+        @hookimpl
+        def guardkit_register_purifiers(self, register):
+            register("invert", Invert)
+
+    guardkit_pm.register(Plugin(), name="p")
+    spec = registry(guardkit_pm).get("purifier", "invert")
+    assert spec.capabilities == {"differentiable": True}
+    x = torch.rand(1, 3, 4, 4)
+    assert torch.allclose(spec.factory(RunConfig()).purify(x, torch.Generator()), 1 - x)
+
+
+class MeanAbsEdit:
+    higher_is_better: ClassVar[bool] = True
+
+    def __init__(self, run=None, **options):
+        pass
+
+    def load(self):
+        pass
+
+    def score(self, batch):
+        return (batch.edited - batch.edited_clean).abs().flatten(1).mean(1)
+
+
+def test_hook_guardkit_register_metrics(guardkit_pm):
+    from guardkit.types import EvalBatch
+
+    class Plugin:
+        @hookimpl
+        def guardkit_register_metrics(self, register):
+            register("mean-abs-edit", MeanAbsEdit)
+
+    guardkit_pm.register(Plugin(), name="p")
+    metric = registry(guardkit_pm).get("metric", "mean-abs-edit").factory(RunConfig())
+    x = torch.zeros(2, 3, 4, 4)
+    batch = EvalBatch(source=x, protected=x, edited=x + 0.25, edited_clean=x, prompt="p")
+    assert torch.allclose(metric.score(batch), torch.tensor([0.25, 0.25]))
+
+
+class BoxParser:
+    def __init__(self, run=None, **options):
+        pass
+
+    def load(self):
+        pass
+
+    def parse(self, image, faces):
+        mask = torch.zeros_like(image[:, :1])
+        for f in faces:
+            mask[..., int(f.box[1]):int(f.box[3]), int(f.box[0]):int(f.box[2])] = 1
+        return {"skin": mask, "background": 1 - mask}
+
+
+def test_hook_guardkit_register_face_parsers(guardkit_pm):
+    class Plugin:
+        @hookimpl
+        def guardkit_register_face_parsers(self, register):
+            register("box", BoxParser)
+
+    guardkit_pm.register(Plugin(), name="p")
+    parser = registry(guardkit_pm).get("face_parser", "box").factory(RunConfig())
+    regions = parser.parse(torch.zeros(1, 3, 8, 8), [Face(0, (2, 2, 6, 6), ((0, 0),) * 5, "dlib5")])
+    assert regions["skin"].sum() == 16 and regions["background"].sum() == 48
+
+
+class ScaleVelocity:
+    """An edit method's control: scales the editor's velocity at every step (a real, trivial control)."""
+
+    def __init__(self, run=None, **options):
+        self.factor = options.get("factor", 0.5)
+
+    def load(self):
+        pass
+
+    def __call__(self, step, latent, velocity):
+        return latent, velocity * self.factor
+
+
+def test_hook_guardkit_register_edit_methods(guardkit_pm):
+    class Plugin:
+        @hookimpl
+        def guardkit_register_edit_methods(self, register):
+            register("half-speed", ScaleVelocity)
+
+    guardkit_pm.register(Plugin(), name="p")
+    control = registry(guardkit_pm).get("edit_method", "half-speed").factory(RunConfig(), factor=0.25)
+    latent, velocity = control(0, torch.zeros(1, 4), torch.ones(1, 4))
+    assert torch.equal(velocity, torch.full((1, 4), 0.25))

@@ -139,6 +139,13 @@ class IResNet(nn.Module):
 _PASS_THROUGH = ("Identity", "Dropout")
 
 
+def _passes_through(node: Any) -> bool:
+    """Nodes that leave float32 values as they are (Dropout is the identity at inference)."""
+    if node.op_type == "Cast":  # iresnet.py's ``x.float()`` before the fc exports as Cast(to=FLOAT)
+        return int(_attr(node, "to", 0)) == 1
+    return node.op_type in _PASS_THROUGH
+
+
 class _GraphError(Exception):
     """The graph is not an insightface IResNet; the message says where it left the pattern."""
 
@@ -217,10 +224,10 @@ class _Graph:
         return np.asarray(self.consts[node.input[index]], dtype=np.float64)
 
     def next_nodes(self, tensor: str) -> list[Any]:
-        """The nodes reading ``tensor``, looking through Identity and Dropout nodes."""
+        """The nodes reading ``tensor``, looking through Identity, Dropout and float Cast nodes."""
         out = []
         for node in self.consumers.get(tensor, []):
-            if node.op_type in _PASS_THROUGH:
+            if _passes_through(node):
                 out += self.next_nodes(node.output[0])
             else:
                 out.append(node)
@@ -234,11 +241,11 @@ class _Graph:
         return nodes[0]
 
     def out(self, node: Any) -> str:
-        """``node``'s output, followed through Identity/Dropout chains to the name consumers use."""
+        """``node``'s output, followed through pass-through chains to the name consumers use."""
         name = node.output[0]
         while True:
             nxt = self.consumers.get(name, [])
-            if len(nxt) == 1 and nxt[0].op_type in _PASS_THROUGH and name not in self.outputs:
+            if len(nxt) == 1 and _passes_through(nxt[0]) and name not in self.outputs:
                 name = nxt[0].output[0]
             else:
                 return name
