@@ -1,0 +1,1 @@
+"""guardkit built-in parts."""
