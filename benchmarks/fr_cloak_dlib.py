@@ -52,7 +52,6 @@ def main() -> int:
         result = engine.protect([FACES / name], run=run, losses=losses, options=options, output_dir=out)
         seconds.append(time.perf_counter() - started)
         photo = result.photos[0]
-        megapixels = photo.protected.size / 3e6 if photo.protected is not None else None
         print(f"{name:16} {photo.status:9} faces {photo.faces} {seconds[-1]:5.1f} s  (protect {photo.seconds:.1f} s)",
               flush=True)
     print(f"median {statistics.median(seconds):.1f} s per photo (find + protect + save, {args.threads} threads); "

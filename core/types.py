@@ -17,11 +17,11 @@ if TYPE_CHECKING:  # keep this module free of torch at import time
     import numpy as np
     import torch
 
-    from guardkit.config import Budget, RunConfig
+    from guardkit.config import Budget
     from guardkit.view import View
 
 Point = tuple[float, float]
-Metric = Literal["euclidean", "cosine"]
+DistanceMetric = Literal["euclidean", "cosine"]
 LandmarkScheme = Literal["dlib5", "arcface5"]
 
 
@@ -65,7 +65,7 @@ class FaceFinder(Part, Protocol):
 class FaceModel(Part, Protocol):
     """A face recognition model. It never sees a raw photo: ``align`` warps faces to its own chip."""
 
-    metric: ClassVar[Metric]
+    metric: ClassVar[DistanceMetric]
     threshold: ClassVar[float]  # the model's own match threshold, in its own metric
     input_size: ClassVar[int]
     differentiable: ClassVar[bool]

@@ -80,3 +80,20 @@ def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def locate_insightface_file(file: str, pack: str | None, weights_dir: Path | None, what: str) -> Path:
+    """An insightface model file (ArcFace, SCRFD): ``weights_dir/file``, else
+    ``~/.insightface/models/<pack>/file`` (read only); else a one-line WeightsError saying what to get."""
+    dirs = [Path(weights_dir)] if weights_dir is not None else []
+    if pack:
+        dirs.append(Path.home() / ".insightface" / "models" / pack)
+    for folder in dirs:
+        if (folder / file).is_file():
+            return folder / file
+    where = ", ".join(str(d) for d in dirs) or "no folder"
+    source = f"insightface's {pack} model pack" if pack else "the insightface model pack that holds it"
+    raise WeightsError(
+        f"missing {what} weight file {file} (looked in {where}): get {source} (github.com/deepinsight/"
+        f"insightface, python-package model zoo) and put {file} in --weights-dir or pass its path"
+    )

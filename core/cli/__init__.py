@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import typer
 
+from guardkit.cli import evaluate as _evaluate
 from guardkit.cli import methods as _methods
 from guardkit.cli import models as _models
 from guardkit.cli import plugins as _plugins
@@ -24,6 +25,8 @@ app.command("run")(_run.run_command)
 app.command("plugins")(_plugins.plugins_command)
 app.command("models")(_models.models_command)
 app.add_typer(_methods.app, name="methods")
+app.command("eval")(_evaluate.eval_command)
+app.command("verify")(_evaluate.verify_command)
 
 
 def main() -> None:

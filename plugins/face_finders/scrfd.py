@@ -26,6 +26,7 @@ from guardkit import hookimpl
 from guardkit.config import RunConfig
 from guardkit.errors import ConfigError, WeightsError
 from guardkit.types import Face, LandmarkScheme
+from guardkit.weights import locate_insightface_file
 
 INPUT_MEAN = 127.5
 INPUT_STD = 128.0
@@ -156,23 +157,12 @@ def decode(
 
 
 def _locate(config: ScrfdConfig, weights_dir: Path | None) -> Path:
-    # the same lookup as face model 'arcface' (plugins/face_models/arcface_onnx.py); kept in each
-    # self-contained part file until a third user moves it into guardkit.weights
     if config.path is not None:
         path = Path(config.path).expanduser()
         if not path.is_file():
             raise WeightsError(f"missing SCRFD weight file {path}: pass the path of insightface's det_10g.onnx")
         return path
-    dirs = [Path(weights_dir)] if weights_dir is not None else []
-    dirs.append(Path.home() / ".insightface" / "models" / config.pack)
-    for folder in dirs:
-        if (folder / config.file).is_file():
-            return folder / config.file
-    raise WeightsError(
-        f"missing SCRFD weight file {config.file} (looked in {', '.join(map(str, dirs))}): get insightface's "
-        f"{config.pack} model pack (github.com/deepinsight/insightface, python-package model zoo) and put "
-        f"{config.file} in --weights-dir or pass its path"
-    )
+    return locate_insightface_file(config.file, config.pack, weights_dir, "SCRFD")
 
 
 class ScrfdFaceFinder:

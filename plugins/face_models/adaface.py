@@ -51,7 +51,7 @@ from guardkit import hookimpl
 from guardkit.align import ARCFACE_TEMPLATE_112, similarity_align
 from guardkit.config import RunConfig
 from guardkit.errors import ConfigError, WeightsError
-from guardkit.types import Face, LandmarkScheme, Metric
+from guardkit.types import DistanceMetric, Face, LandmarkScheme
 
 CHIP_SIZE = 112
 EMBED_DIM = 512
@@ -269,7 +269,7 @@ class AdaFace:
     threshold for the same-family ArcFace model.
     """
 
-    metric: ClassVar[Metric] = "cosine"
+    metric: ClassVar[DistanceMetric] = "cosine"
     threshold: ClassVar[float] = 0.7
     input_size: ClassVar[int] = CHIP_SIZE
     differentiable: ClassVar[bool] = True

@@ -36,7 +36,8 @@ from guardkit import hookimpl
 from guardkit.align import ARCFACE_TEMPLATE_112, similarity_align
 from guardkit.config import RunConfig
 from guardkit.errors import ConfigError, WeightsError
-from guardkit.types import Face, LandmarkScheme, Metric
+from guardkit.types import DistanceMetric, Face, LandmarkScheme
+from guardkit.weights import locate_insightface_file
 
 CHIP_SIZE = 112
 INPUT_MEAN = 127.5
@@ -490,22 +491,6 @@ class ArcFaceConfig:
     pack: str | None = None
 
 
-def locate_insightface_file(file: str, pack: str | None, weights_dir: Path | None, what: str) -> Path:
-    """``weights_dir/file``, else ``~/.insightface/models/<pack>/file``; else a one-line WeightsError."""
-    dirs = [Path(weights_dir)] if weights_dir is not None else []
-    if pack:
-        dirs.append(Path.home() / ".insightface" / "models" / pack)
-    for folder in dirs:
-        if (folder / file).is_file():
-            return folder / file
-    where = ", ".join(str(d) for d in dirs) or "no folder"
-    source = f"insightface's {pack} model pack" if pack else "the insightface model pack that holds it"
-    raise WeightsError(
-        f"missing {what} weight file {file} (looked in {where}): get {source} (github.com/deepinsight/"
-        f"insightface, python-package model zoo) and put {file} in --weights-dir or pass its path"
-    )
-
-
 class ArcFaceONNX:
     """insightface ArcFace (IResNet-50/100 ONNX). Metric: ``1 - cosine``; same person below 0.8.
 
@@ -513,7 +498,7 @@ class ArcFaceONNX:
     float rounding. The PyTorch network runs in float32 on the run's device.
     """
 
-    metric: ClassVar[Metric] = "cosine"
+    metric: ClassVar[DistanceMetric] = "cosine"
     #: Distance ``1 - cos``. insightface's own verification demo (web-demos/src_recognition/main.py,
     #: for buffalo_l's w600k_r50 via ArcFaceONNX.compute_sim) says "NOT the same person" below cosine
     #: similarity 0.2, "LIKELY" in [0.2, 0.28) and "ARE the same person" from 0.28. We take the

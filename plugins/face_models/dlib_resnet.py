@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from guardkit import hookimpl
 from guardkit.config import RunConfig
 from guardkit.errors import ConfigError, WeightsError
-from guardkit.types import Face, LandmarkScheme, Metric
+from guardkit.types import DistanceMetric, Face, LandmarkScheme
 from guardkit.weights import DLIB_RESNET, locate_dlib_file
 
 CHIP_SIZE = 150
@@ -498,7 +498,7 @@ class DlibFaceModel:
     always runs in float32 (the port is exact to ~1e-6; half precision would not be).
     """
 
-    metric: ClassVar[Metric] = "euclidean"
+    metric: ClassVar[DistanceMetric] = "euclidean"
     threshold: ClassVar[float] = 0.6
     input_size: ClassVar[int] = CHIP_SIZE
     differentiable: ClassVar[bool] = True

@@ -1,0 +1,121 @@
+"""``guardkit eval`` and ``guardkit verify``."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from guardkit.cli._options import DisableOpt, JsonOpt, WeightsDirOpt, one_line_errors, out_console, progress, warn
+
+
+def _names(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+@one_line_errors
+def eval_command(
+    inputs: Annotated[list[Path], typer.Argument(help="Photos or folders of photos.", show_default=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for images, samples.csv, summary.json, "
+                                                                "report.html (re-running resumes).")] = Path("eval"),
+    methods: Annotated[str, typer.Option(help="Comma-separated methods; 'none' is the unprotected baseline.")]
+    = "none,fr-cloak",
+    editor: Annotated[str, typer.Option(help="Editor (ip2p, flux-edit) or none (score the protected photo).")]
+    = "none",
+    prompts: Annotated[str, typer.Option(help="Prompt set (paper, paper-facial, ...), a .txt file, or 'a|b'.")]
+    = "paper",
+    purify: Annotated[str, typer.Option(help="Comma-separated purifications: none,jpeg75,blur,rotate10,...")]
+    = "none",
+    fr: Annotated[str, typer.Option("--fr", help="Comma-separated face models to score with.")] = "dlib",
+    metrics: Annotated[Optional[str], typer.Option(help="Comma-separated metrics (default: all that load).")]
+    = None,
+    seeds: Annotated[str, typer.Option(help="Comma-separated seeds of the editor.")] = "0",
+    size: Annotated[int, typer.Option(help="Side of the face-centred square every photo is cut to.")] = 512,
+    encoder: Annotated[Optional[str], typer.Option(help="Encoder of encoder methods.")] = None,
+    method_fr: Annotated[str, typer.Option(help="Face model the methods attack.")] = "dlib",
+    editor_path: Annotated[Optional[Path], typer.Option(help="Local folder of the editor's weights.")] = None,
+    eps: Annotated[str, typer.Option(help="L-inf budget (pixel units; 4/255 works).")] = "4/255",
+    steps: Annotated[int, typer.Option(help="Protection steps.")] = 100,
+    seed: Annotated[int, typer.Option(help="Protection and purification seed.")] = 0,
+    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "cpu",
+    weights_dir: WeightsDirOpt = None,
+    disable_plugin: DisableOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Protect, purify, edit and score: the FaceLock paper's metrics over photos x methods x prompts."""
+    from guardkit.config import Budget, RunConfig, parse_fraction
+    from guardkit.engine import Engine
+    from guardkit.evaluate import EvalConfig, evaluate
+    from guardkit.prompts import resolve_prompts
+
+    engine = Engine(disabled=disable_plugin or ())
+    for error in engine.errors:
+        warn(str(error))
+    run = RunConfig(device=device, seed=seed, weights_dir=weights_dir,
+                    budget=Budget(eps=parse_fraction(eps), steps=steps))
+    config = EvalConfig(
+        methods=_names(methods), editor=editor, prompts=resolve_prompts(prompts) if editor != "none" else [""],
+        purify=_names(purify), face_models=_names(fr), metrics=_names(metrics) if metrics else None,
+        seeds=[int(s) for s in _names(seeds)], size=size, encoder=encoder, method_face_model=method_fr,
+        editor_options={"path": str(editor_path)} if editor_path else {},
+    )
+    with progress() as bar:
+        task = bar.add_task("evaluating", total=None)
+        result = evaluate(engine, inputs, config, output, run=run, on_warning=warn,
+                          on_sample=lambda done, total: bar.update(task, completed=done, total=total))
+    if as_json:
+        out_console.print_json(json.dumps({"summary": result.summary, "unavailable": result.unavailable},
+                                          default=lambda v: None))
+        return
+    metric_names = [k for k in (result.summary[0] if result.summary else {}) if k not in ("method", "purify", "n")]
+    table = Table(title=f"guardkit eval ({len(result.rows)} samples) -> {result.out_dir}")
+    for column in ("method", "purify", "n", *metric_names):
+        table.add_column(column)
+    for s in result.summary:
+        table.add_row(s["method"], s["purify"], str(s["n"]), *(
+            "-" if not math.isfinite(s[m]["mean"]) else f"{s[m]['mean']:.3f} ± {s[m]['std']:.3f}"
+            for m in metric_names))
+    out_console.print(table)
+
+
+@one_line_errors
+def verify_command(
+    protected: Annotated[Path, typer.Argument(help="The protected photo.", show_default=False)],
+    reference: Annotated[Path, typer.Option("--reference", "-r", help="A photo of the same person.")],
+    fr: Annotated[Optional[str], typer.Option("--fr", help="Comma-separated face models (default: all installed).")]
+    = None,
+    purify: Annotated[str, typer.Option(help="Comma-separated purifications to try.")]
+    = "none,jpeg90,jpeg75,jpeg60,blur,rotate,resize",
+    weights_dir: WeightsDirOpt = None,
+    disable_plugin: DisableOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Distances and match / no-match under every installed face model, before and after purification.
+
+    Exit code 0 when no face model matches the protected photo to the reference under any purification."""
+    from guardkit.config import RunConfig
+    from guardkit.engine import Engine
+    from guardkit.verify import verify
+
+    engine = Engine(disabled=disable_plugin or ())
+    rows = verify(engine, protected, reference, face_models=_names(fr) if fr else None, purify=_names(purify),
+                  run=RunConfig(weights_dir=weights_dir), on_warning=warn)
+    if as_json:
+        out_console.print_json(json.dumps([{"face_model": r.face_model, "purify": r.purify,
+                                            "distance": None if math.isnan(r.distance) else r.distance,
+                                            "threshold": r.threshold, "metric": r.metric, "decision": r.decision}
+                                           for r in rows]))
+    else:
+        table = Table(title=f"{protected.name} vs {reference.name}")
+        for column in ("face model", "purification", "distance", "threshold", "decision"):
+            table.add_column(column)
+        for r in rows:
+            table.add_row(r.face_model, r.purify, "-" if math.isnan(r.distance) else f"{r.distance:.3f}",
+                          f"{r.threshold:g} ({r.metric})", r.decision)
+        out_console.print(table)
+    if any(r.decision == "match" for r in rows):
+        raise typer.Exit(1)

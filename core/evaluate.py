@@ -1,0 +1,337 @@
+"""``guardkit eval``: protect, purify, edit and score, over photos x methods x purifications x prompts x seeds.
+
+Every photo is first cut to a square around its faces and resized to ``size`` (the paper's
+512x512 portraits), so protections, editors and metrics all see the same pixels. Intermediate images
+are cached under the output folder and every scored sample is appended to ``samples.csv`` as soon as
+it is done, so an interrupted run resumes where it stopped. ``summary.json`` holds mean +- std per
+(method, purification, metric); ``report.html`` an image grid and bar charts.
+
+The editor ``none`` skips editing: the metrics then compare the protected photo itself with the
+source (``edited`` = protected, ``edited_clean`` = source), which answers "does FR still match it?".
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import json
+import math
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from guardkit.config import RunConfig
+from guardkit.errors import GuardkitError, NoFaceError
+from guardkit.imageio import collect_inputs, is_done, load_rgb, save_image
+from guardkit.prompts import prompt_group
+from guardkit.specs import parse_spec
+from guardkit.types import EvalBatch, Face
+
+CSV_KEYS = ("photo", "method", "purify", "prompt", "seed")
+
+
+@dataclass
+class EvalConfig:
+    methods: Sequence[str] = ("fr-cloak",)
+    editor: str = "none"
+    prompts: Sequence[str] = ("",)
+    purify: Sequence[str] = ("none",)
+    face_models: Sequence[str] = ("dlib",)
+    metrics: Sequence[str] | None = None  # None: every metric that loads
+    seeds: Sequence[int] = (0,)
+    size: int = 512
+    encoder: str | None = None
+    method_face_model: str = "dlib"
+    method_options: dict[str, Any] = field(default_factory=dict)
+    editor_options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class EvalResult:
+    rows: list[dict[str, Any]]
+    summary: list[dict[str, Any]]
+    unavailable: dict[str, str]
+    out_dir: Path
+
+
+def _to_tensor(array: np.ndarray, device):
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)[None].float().div(255).to(device)
+
+
+def _to_array(tensor) -> np.ndarray:
+    import torch
+
+    return torch.round(tensor[0].detach().float().clamp(0, 1) * 255).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+
+
+def square_portrait(image: np.ndarray, faces: Sequence[Face], size: int) -> tuple[np.ndarray, list[Face]]:
+    """The face-centred square of ``image`` resized to ``size`` x ``size``, and its faces moved with it."""
+    from guardkit.region import ModelSpace
+
+    space = ModelSpace.around(image.shape[0], image.shape[1], faces, size)
+    square = space.to_model(space.crop(_to_tensor(image, "cpu")))
+    return _to_array(square), space.faces(faces)
+
+
+class _Cache:
+    """PNG files under the output folder: load when done, else compute and save atomically."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def get(self, parts: Sequence[str], compute: Callable[[], np.ndarray]) -> np.ndarray:
+        path = self.root.joinpath(*[_slug(p) for p in parts]).with_suffix(".png")
+        if is_done(path):
+            return load_rgb(path)
+        array = compute()
+        save_image(array, path)
+        return array
+
+
+def _slug(text: str) -> str:
+    keep = "".join(c if c.isalnum() or c in "-_." else "_" for c in text.strip())
+    return keep[:80] or "_"
+
+
+def _read_rows(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as fh:
+        return [{k: _parse_cell(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+
+
+def _parse_cell(value: str) -> Any:
+    try:
+        return float(value) if value not in ("",) else math.nan
+    except ValueError:
+        return value
+
+
+def _row_key(row: dict[str, Any]) -> tuple:
+    return tuple(str(row[k]) if k != "seed" else str(int(float(row[k]))) for k in CSV_KEYS)
+
+
+def summarise(rows: list[dict[str, Any]], metric_names: Sequence[str]) -> list[dict[str, Any]]:
+    """mean, std and n of every metric per (method, purify), NaNs left out."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((row["method"], row["purify"]), []).append(row)
+    out = []
+    for (method, purify), members in groups.items():
+        entry: dict[str, Any] = {"method": method, "purify": purify, "n": len(members)}
+        for name in metric_names:
+            values = [float(r[name]) for r in members if name in r and isinstance(r[name], float)
+                      and math.isfinite(r[name])]
+            entry[name] = {"mean": statistics.fmean(values) if values else math.nan,
+                           "std": statistics.pstdev(values) if len(values) > 1 else 0.0 if values else math.nan,
+                           "n": len(values)}
+        out.append(entry)
+    return out
+
+
+def evaluate(engine, inputs: Sequence[str | Path], config: EvalConfig, out_dir: str | Path, *,
+             run: RunConfig | None = None, on_sample: Callable[[int, int], None] | None = None,
+             on_warning: Callable[[str], None] | None = None) -> EvalResult:
+    """Run the grid and write ``samples.csv``, ``summary.json`` and ``report.html`` to ``out_dir``."""
+    import torch
+
+    run = run or RunConfig()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    device = run.torch_device()
+    warn = on_warning or (lambda message: None)
+    cache = _Cache(out / "images")
+    paths = collect_inputs([Path(p) for p in inputs])
+
+    # Parts that every sample shares: finder, editor, purifiers, metrics (unavailable ones reported).
+    finder = engine.registry.get("face_finder", "dlib").factory(run)
+    finder.load()
+    editor = None
+    if config.editor != "none":
+        editor = engine.registry.get("editor", config.editor).factory(run, **config.editor_options)
+        editor.load()
+    purifiers = {}
+    for spec in config.purify:
+        if spec == "none":
+            purifiers[spec] = None
+            continue
+        name, options = parse_spec(spec)
+        part = engine.registry.get("purifier", name).factory(run, **options)
+        part.load()
+        purifiers[spec] = part
+    unavailable: dict[str, str] = {}
+    metrics: dict[str, Any] = {}
+    face_model_parts = {}
+    for name in config.face_models:
+        try:
+            model = engine.registry.get("face_model", name).factory(run)
+            model.load()
+            face_model_parts[name] = model
+        except GuardkitError as exc:
+            unavailable[f"face model {name}"] = str(exc)
+    wanted = list(config.metrics) if config.metrics is not None else engine.registry.names("metric")
+    for name in wanted:
+        spec = engine.registry.get("metric", name)
+        uses_face_model = name in ("fr", "fr-distance", "asr")
+        for model_name, model in (face_model_parts.items() if uses_face_model else [(None, None)]):
+            label = f"{name}@{model_name}" if model_name else name
+            try:
+                metric = spec.factory(run, face_model=model) if model is not None else spec.factory(run)
+                metric.load()
+                metrics[label] = metric
+            except GuardkitError as exc:
+                unavailable[f"metric {label}"] = str(exc)
+    for what, why in unavailable.items():
+        warn(f"{what} unavailable: {why}")
+
+    protectors: dict[str, Any] = {}
+
+    def protect(method: str, square: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
+        from guardkit.attack import project
+
+        if method not in protectors:
+            protectors[method] = engine.build_method(method, run, face_model=config.method_face_model,
+                                                     encoder=config.encoder, options=config.method_options)[0]
+        clean = _to_tensor(square, device)
+        return _to_array(project(protectors[method].protect(clean, faces, run.budget).detach().float(), clean,
+                                 run.budget))
+
+    csv_path = out / "samples.csv"
+    rows = _read_rows(csv_path)
+    done = {_row_key(r) for r in rows}
+    fieldnames = [*CSV_KEYS, "group", *metrics]
+    if rows and list(rows[0]) != fieldnames:
+        warn(f"{csv_path} was written with other metrics; starting it again")
+        rows, done = [], set()
+    write_header = not rows
+    total = len(paths) * len(config.methods) * len(config.purify) * len(config.prompts) * len(config.seeds)
+    count = 0
+    with open(csv_path, "w" if write_header else "a", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fieldnames)
+        if write_header:
+            writer.writeheader()
+        for path in paths:
+            try:
+                photo = load_rgb(path)
+                faces = finder.find(photo)
+                if not faces:
+                    raise NoFaceError(f"{path}: no face found")
+            except GuardkitError as exc:
+                warn(str(exc))
+                count += len(config.methods) * len(config.purify) * len(config.prompts) * len(config.seeds)
+                continue
+            square, square_faces = square_portrait(photo, faces, config.size)
+            square = cache.get(["source", path.stem], lambda: square)
+            source = _to_tensor(square, device)
+            for method in config.methods:
+                protected = square if method == "none" else cache.get(
+                    ["protected", method, path.stem],
+                    lambda: protect(method, square, square_faces))
+                for spec, purifier in purifiers.items():
+                    def purified_image() -> np.ndarray:
+                        generator = torch.Generator(device=device).manual_seed(run.seed)
+                        return _to_array(purifier.purify(_to_tensor(protected, device), generator))
+
+                    seen = protected if purifier is None else cache.get(["purified", method, spec, path.stem],
+                                                                         purified_image)
+                    for prompt in config.prompts:
+                        for seed in config.seeds:
+                            count += 1
+                            key = (path.name, method, spec, prompt, str(seed))
+                            if key in done:
+                                continue
+                            if editor is None:
+                                edited, edited_clean = seen, square
+                            else:
+                                edited_clean = cache.get(["edits", "clean", path.stem, _slug(prompt), str(seed)],
+                                                         lambda: _to_array(editor.edit(source, prompt, seed=seed)))
+                                edited = cache.get(["edits", method, spec, path.stem, _slug(prompt), str(seed)],
+                                                   lambda: _to_array(editor.edit(_to_tensor(seen, device), prompt,
+                                                                                 seed=seed)))
+                            batch = EvalBatch(source=source, protected=_to_tensor(seen, device),
+                                              edited=_to_tensor(edited, device),
+                                              edited_clean=_to_tensor(edited_clean, device),
+                                              prompt=prompt, faces=square_faces)
+                            row: dict[str, Any] = dict(zip(CSV_KEYS, key))
+                            row["group"] = prompt_group(prompt)
+                            with torch.no_grad():
+                                for label, metric in metrics.items():
+                                    row[label] = float(metric.score(batch).float().mean())
+                            writer.writerow(row)
+                            fh.flush()
+                            rows.append(row)
+                            done.add(key)
+                            if on_sample:
+                                on_sample(count, total)
+    summary = summarise(rows, list(metrics))
+    (out / "summary.json").write_text(json.dumps({"summary": summary, "unavailable": unavailable}, indent=2,
+                                                 default=_json_float))
+    write_report(out, summary, list(metrics), config)
+    return EvalResult(rows, summary, unavailable, out)
+
+
+def _json_float(value: Any) -> Any:
+    return None if isinstance(value, float) and not math.isfinite(value) else str(value)
+
+
+def write_report(out: Path, summary: list[dict[str, Any]], metric_names: Sequence[str], config: EvalConfig) -> Path:
+    """``report.html``: the summary table, one bar chart per metric (inline SVG), and an image grid."""
+    def cell(stat: dict[str, Any]) -> str:
+        return "-" if not math.isfinite(stat["mean"]) else f"{stat['mean']:.3f} &plusmn; {stat['std']:.3f}"
+
+    head = "".join(f"<th>{html.escape(m)}</th>" for m in metric_names)
+    body = "".join(
+        f"<tr><td>{html.escape(s['method'])}</td><td>{html.escape(s['purify'])}</td><td>{s['n']}</td>"
+        + "".join(f"<td>{cell(s[m])}</td>" for m in metric_names) + "</tr>" for s in summary)
+    charts = "".join(_bar_chart(name, [(f"{s['method']}/{s['purify']}", s[name]["mean"]) for s in summary])
+                     for name in metric_names)
+    grid = []
+    images = out / "images"
+    for source in sorted((images / "source").glob("*.png"))[:12]:
+        stem = source.stem
+        cells = [("source", source)]
+        for method in config.methods:
+            cells.append((f"protected: {method}", images / "protected" / _slug(method) / f"{stem}.png"))
+        edits = sorted((images / "edits" / "clean" / stem).rglob("*.png"))[:1]
+        for edit in edits:
+            cells.append(("edited clean", edit))
+            rel = edit.relative_to(images / "edits" / "clean")
+            for method in config.methods:
+                for spec in config.purify:
+                    cells.append((f"edited {method}/{spec}", images / "edits" / _slug(method) / _slug(spec) / rel))
+        row = "".join(f"<figure><img src='{html.escape(str(p.relative_to(out)))}'><figcaption>{html.escape(t)}"
+                      f"</figcaption></figure>" for t, p in cells if p.exists())
+        grid.append(f"<div class='row'>{row}</div>")
+    page = f"""<!doctype html><html><head><meta charset='utf-8'><title>guardkit eval</title><style>
+body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:4px 8px}}
+.row{{display:flex;gap:8px;flex-wrap:wrap;margin-bottom:12px}} figure{{margin:0}} img{{width:160px}}
+figcaption{{font-size:11px;max-width:160px}}</style></head><body>
+<h1>guardkit evaluation</h1><p>editor: {html.escape(config.editor)}; prompts: {len(config.prompts)};
+seeds: {len(config.seeds)}; face models: {html.escape(', '.join(config.face_models))}</p>
+<table><tr><th>method</th><th>purify</th><th>n</th>{head}</tr>{body}</table>
+<h2>Charts</h2>{charts}<h2>Images</h2>{''.join(grid)}</body></html>"""
+    path = out / "report.html"
+    path.write_text(page)
+    return path
+
+
+def _bar_chart(title: str, bars: list[tuple[str, float]]) -> str:
+    finite = [v for _, v in bars if math.isfinite(v)]
+    if not finite:
+        return ""
+    top = max(abs(v) for v in finite) or 1.0
+    height = 22 * len(bars) + 30
+    rects = []
+    for i, (label, value) in enumerate(bars):
+        width = 0 if not math.isfinite(value) else 300 * abs(value) / top
+        y = 25 + 22 * i
+        rects.append(f"<text x='0' y='{y + 14}' font-size='11'>{html.escape(label)}</text>"
+                     f"<rect x='180' y='{y}' width='{width:.1f}' height='16' fill='#4a7'/>"
+                     f"<text x='{185 + width:.1f}' y='{y + 13}' font-size='11'>{value:.3f}</text>")
+    return (f"<svg width='560' height='{height}'><text x='0' y='14' font-weight='bold'>{html.escape(title)}</text>"
+            f"{''.join(rects)}</svg>")

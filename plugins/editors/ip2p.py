@@ -1,0 +1,196 @@
+"""Editor ``ip2p``: InstructPix2Pix (Brooks et al., https://arxiv.org/abs/2211.09800), the editor of FaceLock's
+evaluation protocol: 512x512, 50 steps, image guidance 1.5, text guidance 7.5, the same seed for the clean
+and the protected photo.
+
+``edit(images [B,3,H,W] in [0,1], prompt, *, seed) -> [B,3,R,R] in [0,1]`` (R = ``resolution``). Each photo
+is first center-cropped to a square (side ``min(H, W)``; a square photo is untouched) and then resized to
+R x R (bicubic, antialiased; skipped when the photo is already R x R, so a perturbation computed at that size
+reaches the editor unchanged). The paper edits square CelebA-HQ portraits resized to 512 x 512; the crop
+makes non-square photos follow the same protocol instead of being stretched.
+
+Every photo of the batch gets its own ``torch.Generator`` seeded with ``seed``, so photo i receives the same
+initial latent noise and the same ancestral noise as it would alone: edits of a clean and of a protected
+photo under one seed differ only through the photos.
+
+Weights load offline only, from the first of:
+
+- the ``path`` option: a local diffusers pipeline folder (``model_index.json`` + ``unet/``, ``vae/``, ...);
+  when given, nothing else is searched;
+- ``RunConfig.weights_dir / timbrooks/instruct-pix2pix``;
+- the Hugging Face cache (``$HF_HUB_CACHE``, ``$HF_HOME/hub`` or ``~/.cache/huggingface/hub``), read with
+  ``local_files_only=True``.
+
+The safety checker is not loaded. diffusers is imported only in ``load()``.
+
+Example: ``InstructPix2Pix(RunConfig(device="cuda", dtype="float16")).edit(x, "Let the person turn bald", seed=0)``
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from guardkit import hookimpl
+from guardkit.config import RunConfig
+from guardkit.errors import ConfigError, WeightsError
+from guardkit.vae import _first_line, _hf_hub_cache, _load_kwargs
+
+
+@dataclass(frozen=True)
+class InstructPix2PixConfig:
+    """The paper's editing protocol by default. ``resolution``: side of the square the photos are edited
+    at (a multiple of 8). ``steps``: denoising steps. ``image_guidance`` / ``guidance``: image and text
+    classifier-free guidance scales. ``path``: a local pipeline folder (only that folder is searched).
+    ``revision``: the hub revision looked up in the Hugging Face cache."""
+
+    resolution: int = 512
+    steps: int = 50
+    image_guidance: float = 1.5
+    guidance: float = 7.5
+    path: str | None = None
+    revision: str = "main"
+
+    def __post_init__(self) -> None:
+        if self.resolution < 8 or self.resolution % 8:
+            raise ConfigError(f"editor 'ip2p': resolution must be a positive multiple of 8, got {self.resolution}")
+        if self.steps < 1:
+            raise ConfigError(f"editor 'ip2p': steps must be >= 1, got {self.steps}")
+        if self.image_guidance < 0 or self.guidance < 0:
+            raise ConfigError(f"editor 'ip2p': guidance scales must be >= 0, got image_guidance="
+                              f"{self.image_guidance}, guidance={self.guidance}")
+
+
+class InstructPix2Pix:
+    """InstructPix2Pix through ``diffusers.StableDiffusionInstructPix2PixPipeline``.
+
+    images [B,3,H,W] in [0,1] -> edited [B,3,R,R] in [0,1], float, on the input's device.
+    """
+
+    name: ClassVar[str] = "ip2p"
+    differentiable: ClassVar[bool] = False
+    HUB_ID: ClassVar[str] = "timbrooks/instruct-pix2pix"
+
+    def __init__(self, run: RunConfig | None = None, **options: Any) -> None:
+        self.run = run or RunConfig()
+        known = {f.name for f in dataclasses.fields(InstructPix2PixConfig)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ConfigError(f"editor {self.name!r}: unknown option(s) {', '.join(unknown)}; "
+                              f"known: {', '.join(sorted(known))}")
+        self.config = InstructPix2PixConfig(**options)
+        self.pipe = None
+
+    # ----------------------------------------------------------------------------- loading
+    def load(self) -> None:
+        if self.pipe is not None:
+            return
+        try:
+            from diffusers import StableDiffusionInstructPix2PixPipeline
+        except ImportError as exc:
+            raise WeightsError(f"editor {self.name!r} needs diffusers and transformers: "
+                               f"pip install diffusers transformers") from exc
+        cls = StableDiffusionInstructPix2PixPipeline
+        pipe = self._from_local(cls) or self._from_hf_cache(cls)
+        pipe.to(self.run.torch_device())
+        pipe.set_progress_bar_config(disable=True)
+        for module in (pipe.unet, pipe.vae, pipe.text_encoder):
+            module.eval().requires_grad_(False)
+        self.pipe = pipe
+
+    def _pipeline_kwargs(self) -> dict[str, Any]:
+        return {"safety_checker": None, "requires_safety_checker": False, "feature_extractor": None,
+                "dtype": self.run.torch_dtype(), "local_files_only": True, **_load_kwargs()}
+
+    def _local_candidates(self) -> list[Path]:
+        if self.config.path is not None:
+            return [Path(self.config.path).expanduser()]
+        if self.run.weights_dir is not None:
+            return [Path(self.run.weights_dir).expanduser() / self.HUB_ID]
+        return []
+
+    def _from_local(self, cls: Any) -> Any:
+        for folder in self._local_candidates():
+            if (folder / "model_index.json").is_file():
+                try:
+                    return cls.from_pretrained(str(folder), **self._pipeline_kwargs())
+                except (OSError, ValueError) as exc:
+                    raise WeightsError(f"{self.name} pipeline in {folder} is incomplete or unreadable "
+                                       f"({_first_line(exc)}): {self._how_to_fetch()}") from exc
+        if self.config.path is not None:
+            raise WeightsError(f"{self.name} pipeline not found in {self.config.path} (no model_index.json "
+                               f"there): {self._how_to_fetch()}")
+        return None
+
+    def _from_hf_cache(self, cls: Any) -> Any:
+        from huggingface_hub.errors import EntryNotFoundError, OfflineModeIsEnabled
+
+        cache = _hf_hub_cache()
+        try:
+            with warnings.catch_warnings():  # diffusers passes hub arguments that hub 1.x deprecates
+                warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*")
+                return cls.from_pretrained(self.HUB_ID, revision=self.config.revision, cache_dir=str(cache),
+                                           **self._pipeline_kwargs())
+        except (OSError, ValueError, EntryNotFoundError, OfflineModeIsEnabled) as exc:
+            looked = [str(p) for p in self._local_candidates()] + [f"the Hugging Face cache {cache}"]
+            raise WeightsError(f"{self.name} weights not found (looked in {' and '.join(looked)} for "
+                               f"{self.HUB_ID}@{self.config.revision}): {self._how_to_fetch()}") from exc
+
+    def _how_to_fetch(self) -> str:
+        rev = f" --revision {self.config.revision}" if self.config.revision != "main" else ""
+        return (f"fetch them with `hf download {self.HUB_ID}{rev} --exclude '*.ckpt' "
+                f"--local-dir DIR/{self.HUB_ID}` on a machine with network, then pass --weights-dir DIR "
+                f"(or --editor-path DIR/{self.HUB_ID})")
+
+    # ----------------------------------------------------------------------------- editing
+    def prepare(self, images: torch.Tensor) -> torch.Tensor:
+        """[B,3,H,W] in [0,1] -> [B,3,R,R]: center-crop to a square, then resize (skipped when already R x R)."""
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ConfigError(f"{self.name}.edit expects images [B,3,H,W], got shape {tuple(images.shape)}")
+        if not images.is_floating_point():
+            raise ConfigError(f"{self.name}.edit expects float images in [0, 1], got {images.dtype}")
+        if images.numel() and (images.min() < 0 or images.max() > 1):
+            raise ConfigError(f"{self.name}.edit expects images in [0, 1], got values in "
+                              f"[{images.min().item():.3g}, {images.max().item():.3g}]")
+        h, w = images.shape[-2:]
+        side = min(h, w)
+        top, left = (h - side) // 2, (w - side) // 2
+        x = images[..., top:top + side, left:left + side]
+        r = self.config.resolution
+        if side != r:
+            x = F.interpolate(x.float(), size=(r, r), mode="bicubic", antialias=True, align_corners=False)
+            x = x.clamp(0, 1)
+        return x
+
+    @torch.no_grad()
+    def edit(self, images: torch.Tensor, prompt: str, *, seed: int) -> torch.Tensor:
+        """Edit every photo of ``images`` [B,3,H,W] in [0,1] under ``prompt``, noise seeded by ``seed`` per photo.
+
+        Returns [B,3,R,R] in [0,1] on ``images``' device, in its dtype.
+        """
+        self.load()
+        x = self.prepare(images)
+        batch = x.shape[0]
+        device = self.run.torch_device()
+        generators = [torch.Generator(device=device).manual_seed(int(seed)) for _ in range(batch)]
+        out = self.pipe(
+            prompt=[prompt] * batch,
+            image=x.to(device=device, dtype=self.run.torch_dtype()),
+            num_inference_steps=self.config.steps,
+            guidance_scale=self.config.guidance,
+            image_guidance_scale=self.config.image_guidance,
+            generator=generators,
+            output_type="pt",
+        ).images
+        return out.to(device=images.device, dtype=images.dtype).clamp(0, 1)
+
+
+@hookimpl
+def guardkit_register_editors(register):
+    register("ip2p", InstructPix2Pix, summary="InstructPix2Pix (timbrooks/instruct-pix2pix), FaceLock's editing "
+                                              "protocol: 512 px, 50 steps, guidance 7.5 / image 1.5 (local weights)")
