@@ -19,6 +19,7 @@ from guardkit.config import Budget, RunConfig
 from guardkit.eot import parse_eot, random_purification
 from guardkit.errors import ConfigError
 from guardkit.region import ModelSpace
+from guardkit.speed import AUTOCAST_MODES, ChannelsLast, StepCompiler, autocast
 from guardkit.types import Encoder, Face, FaceModel, WeightedLoss
 from guardkit.view import View
 
@@ -33,6 +34,13 @@ class LatentAttackConfig:
     target: grey level of the target image for targeted methods (PhotoGuard, VAE attack).
     step_fraction: first step as a fraction of eps; schedule: "linear" or "cosine" decay to
     final_fraction of eps.
+
+    Speed (``guardkit.speed``; the defaults are the plain fp32 loop):
+    autocast: "none", "bf16" or "fp16": the per-step forward under ``torch.autocast`` (the perturbation,
+    the gradient and the update stay fp32). channels_last: the encoder's, face model's and LPIPS's
+    convolutions in NHWC (converts those modules in place; the numbers are the same up to rounding).
+    compile: ``torch.compile`` the per-step objective (one graph per set of active terms; falls back to
+    eager with a warning where compiling fails). Batching: pass many photos in one tensor.
     """
 
     resolution: int = 512
@@ -43,6 +51,9 @@ class LatentAttackConfig:
     step_fraction: float = 0.25
     final_fraction: float = 0.0
     schedule: str = "linear"
+    autocast: str = "none"
+    channels_last: bool = False
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if self.resolution % 8 or self.resolution < 8:
@@ -51,6 +62,8 @@ class LatentAttackConfig:
             raise ConfigError(f"mask must be 'none' or 'face', got {self.mask!r}")
         if self.schedule not in ("linear", "cosine"):
             raise ConfigError(f"schedule must be 'linear' or 'cosine', got {self.schedule!r}")
+        if self.autocast not in AUTOCAST_MODES:
+            raise ConfigError(f"autocast must be one of {', '.join(AUTOCAST_MODES)}, got {self.autocast!r}")
         try:
             parse_eot(self.eot)
         except ValueError as exc:
@@ -92,15 +105,26 @@ def run_latent_attack(
     def active(step: int) -> set[str]:
         return {t.name for t in losses if step >= starts.get(t.name, 0.0) * budget.steps}
 
-    def objective(x_adv: torch.Tensor, step: int) -> torch.Tensor:
+    layout = ChannelsLast(encoder, face_model, *[t.loss for t in losses]) if config.channels_last else None
+
+    def forward(x_adv: torch.Tensor, names: frozenset[str]) -> torch.Tensor:
         seen = space.to_model(x_adv)
+        if layout is not None:
+            layout.convert()  # again each step: a loss may build its module on first use (LPIPS)
+            seen = seen.contiguous(memory_format=torch.channels_last)
         total = torch.zeros(images.shape[0], device=images.device)
-        for _ in range(max(1, config.eot_draws) if kinds else 1):
-            view = View(clean, random_purification(seen, kinds, generator), model_faces, face_model=face_model,
-                        reference_embeddings=reference, encoder=encoder, clean_latent=clean_latent,
-                        target_latent=target_latent, target_image=target_image, face_source=face_source)
-            total = total + combine(losses, view, active(step))
-        return total
+        with autocast(images.device, config.autocast):
+            for _ in range(max(1, config.eot_draws) if kinds else 1):
+                view = View(clean, random_purification(seen, kinds, generator), model_faces, face_model=face_model,
+                            reference_embeddings=reference, encoder=encoder, clean_latent=clean_latent,
+                            target_latent=target_latent, target_image=target_image, face_source=face_source)
+                total = total + combine(losses, view, names)
+        return total.float()
+
+    step_forward = StepCompiler(forward) if config.compile else forward
+
+    def objective(x_adv: torch.Tensor, step: int) -> torch.Tensor:
+        return step_forward(x_adv, frozenset(active(step)))
 
     protected = pgd(region, objective, budget, generator=generator, mask=mask,
                     step_size=budget.step_size or config.step_fraction * budget.eps,

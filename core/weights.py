@@ -97,3 +97,71 @@ def locate_insightface_file(file: str, pack: str | None, weights_dir: Path | Non
         f"missing {what} weight file {file} (looked in {where}): get {source} (github.com/deepinsight/"
         f"insightface, python-package model zoo) and put {file} in --weights-dir or pass its path"
     )
+
+
+@dataclass(frozen=True)
+class KnownWeight:
+    """A weight source a built-in part can use, for ``guardkit models``. ``where``: "dlib" (dlib model
+    folders), "insightface" (``~/.insightface/models/<pack>``), "torch" (``$TORCH_HOME/hub/checkpoints``),
+    "file" (``--weights-dir`` only) or "hub" (a Hugging Face repo: ``--weights-dir/<repo>`` or the HF cache)."""
+
+    part: str
+    name: str
+    where: str
+    how_to_get: str
+    pack: str = ""
+    sha256: str = ""
+
+
+KNOWN_WEIGHTS: tuple[KnownWeight, ...] = (
+    KnownWeight("face model dlib", DLIB_RESNET.filename, "dlib", DLIB_RESNET.how_to_get, sha256=DLIB_RESNET.sha256),
+    KnownWeight("face finder dlib", DLIB_SHAPE5.filename, "dlib", DLIB_SHAPE5.how_to_get, sha256=DLIB_SHAPE5.sha256),
+    KnownWeight("face finder dlib (fallback)", DLIB_MMOD.filename, "dlib", DLIB_MMOD.how_to_get,
+                sha256=DLIB_MMOD.sha256),
+    KnownWeight("face model arcface", "w600k_r50.onnx", "insightface", "insightface buffalo_l model pack",
+                pack="buffalo_l"),
+    KnownWeight("face finder insightface", "det_10g.onnx", "insightface", "insightface buffalo_l model pack",
+                pack="buffalo_l"),
+    KnownWeight("face model adaface", "adaface_ir101_webface12m.ckpt", "file",
+                "AdaFace checkpoints linked from github.com/mk-minchul/AdaFace"),
+    KnownWeight("loss/metric lpips (alex)", "alexnet-owt-7be5be79.pth", "torch",
+                "torchvision's AlexNet checkpoint (download.pytorch.org/models/alexnet-owt-7be5be79.pth)"),
+    KnownWeight("loss/metric lpips (vgg)", "vgg16-397923af.pth", "torch",
+                "torchvision's VGG16 checkpoint (download.pytorch.org/models/vgg16-397923af.pth)"),
+    KnownWeight("encoder sd-vae, editor ip2p", "timbrooks/instruct-pix2pix", "hub",
+                "hf download timbrooks/instruct-pix2pix --local-dir DIR/timbrooks/instruct-pix2pix"),
+    KnownWeight("encoder flux, editor flux-edit", "black-forest-labs/FLUX.1-dev", "hub",
+                "accept the licence, then hf download black-forest-labs/FLUX.1-dev --local-dir "
+                "DIR/black-forest-labs/FLUX.1-dev"),
+    KnownWeight("metrics clip-s, clip-i", "openai/clip-vit-large-patch14", "hub",
+                "hf download openai/clip-vit-large-patch14 --local-dir DIR/openai/clip-vit-large-patch14"),
+    KnownWeight("purifier diffpure", "google/ddpm-celebahq-256", "hub",
+                "hf download google/ddpm-celebahq-256 --local-dir DIR/google/ddpm-celebahq-256"),
+)
+
+
+def hf_cache_dir() -> Path:
+    """The Hugging Face hub cache folder, resolved as huggingface_hub does (read at call time)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"])
+    home = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface"))
+    return home / "hub"
+
+
+def find_known_weight(weight: KnownWeight, weights_dir: Path | None = None) -> Path | None:
+    """Where ``weight`` is on this machine, or None. Reads nothing but folder listings."""
+    candidates: list[Path] = []
+    if weights_dir is not None:
+        candidates.append(Path(weights_dir) / weight.name)
+    if weight.where == "dlib":
+        candidates += [d / weight.name for d in dlib_search_dirs(weights_dir)]
+    elif weight.where == "insightface":
+        candidates.append(Path.home() / ".insightface" / "models" / weight.pack / weight.name)
+    elif weight.where == "torch":
+        torch_home = Path(os.environ.get("TORCH_HOME", Path.home() / ".cache" / "torch"))
+        candidates.append(torch_home / "hub" / "checkpoints" / weight.name)
+    elif weight.where == "hub":
+        snapshots = hf_cache_dir() / f"models--{weight.name.replace('/', '--')}" / "snapshots"
+        if snapshots.is_dir():
+            candidates += sorted(snapshots.iterdir())
+    return next((c for c in candidates if c.exists()), None)

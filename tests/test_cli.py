@@ -92,12 +92,24 @@ def test_run_writes_protected_photos_and_reports_failures(tmp_path, faces_dir):
     assert [p["status"] for p in again["photos"]] == ["failed", "skipped"]
 
 
-def test_models_verifies_checksums():
+def test_models_verifies_checksums_and_says_what_to_fetch(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     result = invoke("models", "--json")
     assert result.exit_code == 0, result.output
-    rows = json.loads(result.stdout)
-    assert {r["file"] for r in rows} >= {"dlib_face_recognition_resnet_model_v1.dat"}
-    assert all(r["status"] == "ok" for r in rows)
+    rows = {r["weights"]: r for r in json.loads(result.stdout)}
+    assert rows["dlib_face_recognition_resnet_model_v1.dat"]["status"] == "ok (sha256 verified)"
+    assert rows["timbrooks/instruct-pix2pix"]["status"] == "missing"
+    assert "hf download" in rows["timbrooks/instruct-pix2pix"]["how_to_get"]
+
+
+def test_models_reports_a_corrupted_weight_file(tmp_path, monkeypatch):
+    import guardkit.weights as weights
+
+    (tmp_path / "dlib_face_recognition_resnet_model_v1.dat").write_bytes(b"tampered")
+    result = invoke("models", "--json", "--weights-dir", str(tmp_path))
+    assert result.exit_code == 1
+    rows = {r["weights"]: r for r in json.loads(result.stdout)}
+    assert rows["dlib_face_recognition_resnet_model_v1.dat"]["status"] == "CHECKSUM MISMATCH"
 
 
 @pytest.fixture(scope="module")
