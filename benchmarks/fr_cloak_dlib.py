@@ -19,7 +19,8 @@ from pathlib import Path
 
 import torch
 
-from guardkit.cli.run import _number, parse_pairs
+from guardkit.cli.run import parse_pairs
+from guardkit.specs import number
 from guardkit.config import Budget, RunConfig, parse_fraction
 from guardkit.engine import Engine
 
@@ -44,7 +45,7 @@ def main() -> int:
     engine = Engine()
     run = RunConfig(budget=Budget(eps=parse_fraction(args.eps), steps=args.steps), threads=args.threads)
     losses = {k: float(v) for k, v in parse_pairs(args.loss, "--loss").items()} or None
-    options = {k: _number(v) for k, v in parse_pairs(args.option, "--option").items()}
+    options = {k: number(v) for k, v in parse_pairs(args.option, "--option").items()}
     engine.build_method("fr-cloak", run, options=options)  # load once, outside the timings
     seconds = []
     for name in args.photos:

@@ -47,6 +47,7 @@ class EvalConfig:
     method_face_model: str = "dlib"
     method_options: dict[str, Any] = field(default_factory=dict)
     editor_options: dict[str, Any] = field(default_factory=dict)
+    part_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # for the methods' parts
 
 
 @dataclass
@@ -61,6 +62,17 @@ def _to_tensor(array: np.ndarray, device):
     import torch
 
     return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)[None].float().div(255).to(device)
+
+
+def _edit(editor, image: np.ndarray, prompt: str, seed: int, device) -> np.ndarray:
+    """The editor's output at the evaluation size (editors may work at their own resolution)."""
+    import torch.nn.functional as F
+
+    out = editor.edit(_to_tensor(image, device), prompt, seed=seed)
+    if out.shape[-2:] != image.shape[:2]:
+        out = F.interpolate(out.float(), size=image.shape[:2], mode="bilinear", align_corners=False,
+                            antialias=True)
+    return _to_array(out)
 
 
 def _to_array(tensor) -> np.ndarray:
@@ -102,18 +114,19 @@ def _read_rows(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     with open(path, newline="") as fh:
-        return [{k: _parse_cell(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+        return [{k: v if k in CSV_KEYS or k == "group" else _parse_float(v) for k, v in row.items()}
+                for row in csv.DictReader(fh)]
 
 
-def _parse_cell(value: str) -> Any:
+def _parse_float(value: str) -> float:
     try:
-        return float(value) if value not in ("",) else math.nan
+        return float(value)
     except ValueError:
-        return value
+        return math.nan
 
 
 def _row_key(row: dict[str, Any]) -> tuple:
-    return tuple(str(row[k]) if k != "seed" else str(int(float(row[k]))) for k in CSV_KEYS)
+    return tuple(str(row[k]) for k in CSV_KEYS)
 
 
 def summarise(rows: list[dict[str, Any]], metric_names: Sequence[str]) -> list[dict[str, Any]]:
@@ -196,7 +209,8 @@ def evaluate(engine, inputs: Sequence[str | Path], config: EvalConfig, out_dir: 
 
         if method not in protectors:
             protectors[method] = engine.build_method(method, run, face_model=config.method_face_model,
-                                                     encoder=config.encoder, options=config.method_options)[0]
+                                                     encoder=config.encoder, options=config.method_options,
+                                                     part_options=config.part_options)[0]
         clean = _to_tensor(square, device)
         return _to_array(project(protectors[method].protect(clean, faces, run.budget).detach().float(), clean,
                                  run.budget))
@@ -249,10 +263,9 @@ def evaluate(engine, inputs: Sequence[str | Path], config: EvalConfig, out_dir: 
                                 edited, edited_clean = seen, square
                             else:
                                 edited_clean = cache.get(["edits", "clean", path.stem, _slug(prompt), str(seed)],
-                                                         lambda: _to_array(editor.edit(source, prompt, seed=seed)))
+                                                         lambda: _edit(editor, square, prompt, seed, device))
                                 edited = cache.get(["edits", method, spec, path.stem, _slug(prompt), str(seed)],
-                                                   lambda: _to_array(editor.edit(_to_tensor(seen, device), prompt,
-                                                                                 seed=seed)))
+                                                   lambda: _edit(editor, seen, prompt, seed, device))
                             batch = EvalBatch(source=source, protected=_to_tensor(seen, device),
                                               edited=_to_tensor(edited, device),
                                               edited_clean=_to_tensor(edited_clean, device),

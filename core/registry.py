@@ -20,7 +20,7 @@ ENTRY_POINT_GROUP = "guardkit"
 #: Class attributes a part may declare; copied into ``PartSpec.capabilities`` for checks and listings.
 CAPABILITY_ATTRS = (
     "differentiable", "metric", "threshold", "input_size", "schemes", "scheme",
-    "needs", "needs_gradients", "maximize", "latent_channels", "downsample",
+    "needs", "needs_gradients", "maximize", "latent_channels", "downsample", "higher_is_better",
 )
 
 

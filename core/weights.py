@@ -133,8 +133,8 @@ KNOWN_WEIGHTS: tuple[KnownWeight, ...] = (
     KnownWeight("encoder flux, editor flux-edit", "black-forest-labs/FLUX.1-dev", "hub",
                 "accept the licence, then hf download black-forest-labs/FLUX.1-dev --local-dir "
                 "DIR/black-forest-labs/FLUX.1-dev"),
-    KnownWeight("metrics clip-s, clip-i", "openai/clip-vit-large-patch14", "hub",
-                "hf download openai/clip-vit-large-patch14 --local-dir DIR/openai/clip-vit-large-patch14"),
+    KnownWeight("metrics clip-s, clip-i", "openai/clip-vit-base-patch32", "hub",
+                "hf download openai/clip-vit-base-patch32 --local-dir DIR/openai/clip-vit-base-patch32"),
     KnownWeight("purifier diffpure", "google/ddpm-celebahq-256", "hub",
                 "hf download google/ddpm-celebahq-256 --local-dir DIR/google/ddpm-celebahq-256"),
 )

@@ -38,6 +38,10 @@ def eval_command(
     encoder: Annotated[Optional[str], typer.Option(help="Encoder of encoder methods.")] = None,
     method_fr: Annotated[str, typer.Option(help="Face model the methods attack.")] = "dlib",
     editor_path: Annotated[Optional[Path], typer.Option(help="Local folder of the editor's weights.")] = None,
+    encoder_path: Annotated[Optional[Path], typer.Option(help="Local folder of the encoder's weights.")] = None,
+    option: Annotated[Optional[list[str]], typer.Option("--option", "-O", help="Method option KEY=VALUE.")] = None,
+    editor_option: Annotated[Optional[list[str]], typer.Option("--editor-option", help="Editor option KEY=VALUE.")]
+    = None,
     eps: Annotated[str, typer.Option(help="L-inf budget (pixel units; 4/255 works).")] = "4/255",
     steps: Annotated[int, typer.Option(help="Protection steps.")] = 100,
     seed: Annotated[int, typer.Option(help="Protection and purification seed.")] = 0,
@@ -50,7 +54,9 @@ def eval_command(
     from guardkit.config import Budget, RunConfig, parse_fraction
     from guardkit.engine import Engine
     from guardkit.evaluate import EvalConfig, evaluate
+    from guardkit.cli.run import parse_pairs
     from guardkit.prompts import resolve_prompts
+    from guardkit.specs import number
 
     engine = Engine(disabled=disable_plugin or ())
     for error in engine.errors:
@@ -61,7 +67,10 @@ def eval_command(
         methods=_names(methods), editor=editor, prompts=resolve_prompts(prompts) if editor != "none" else [""],
         purify=_names(purify), face_models=_names(fr), metrics=_names(metrics) if metrics else None,
         seeds=[int(s) for s in _names(seeds)], size=size, encoder=encoder, method_face_model=method_fr,
-        editor_options={"path": str(editor_path)} if editor_path else {},
+        method_options={k: number(v) for k, v in parse_pairs(option, "--option").items()},
+        editor_options={**({"path": str(editor_path)} if editor_path else {}),
+                        **{k: number(v) for k, v in parse_pairs(editor_option, "--editor-option").items()}},
+        part_options={"encoder": {"path": str(encoder_path)}} if encoder_path else {},
     )
     with progress() as bar:
         task = bar.add_task("evaluating", total=None)

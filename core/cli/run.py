@@ -17,6 +17,7 @@ from guardkit.cli._options import (
 )
 from guardkit.config import DEFAULT_EPS, Budget, RunConfig, parse_fraction
 from guardkit.errors import ConfigError
+from guardkit.specs import number
 
 
 def parse_pairs(pairs: list[str] | None, what: str) -> dict[str, str]:
@@ -28,15 +29,6 @@ def parse_pairs(pairs: list[str] | None, what: str) -> dict[str, str]:
             raise ConfigError(f"{what} must look like NAME=VALUE, got {pair!r}")
         out[key.strip()] = value.strip()
     return out
-
-
-def _number(text: str) -> int | float | str:
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
 
 
 @one_line_errors
@@ -79,7 +71,7 @@ def run_command(
     run = RunConfig(device=device, dtype=dtype, seed=seed, batch_size=batch_size, weights_dir=weights_dir,
                     budget=budget, threads=threads)
     losses = {k: float(parse_fraction(v)) for k, v in parse_pairs(loss, "--loss").items()} or None
-    options = {k: _number(v) for k, v in parse_pairs(option, "--option").items()}
+    options = {k: number(v) for k, v in parse_pairs(option, "--option").items()}
     part_options = {"encoder": {"path": str(encoder_path)} if encoder_path else {},
                     "face_model": {"path": str(fr_path)} if fr_path else {}}
     with progress() as bar:

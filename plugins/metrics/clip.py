@@ -33,7 +33,6 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-
 from guardkit import hookimpl
 from guardkit.config import RunConfig
 from guardkit.errors import ConfigError, WeightsError
@@ -131,14 +130,16 @@ class ClipEncoder:
         self.model, self.tokenizer = model, tokenizer
 
     def _from_hf_cache(self, model_cls: Any, tokenizer_cls: Any) -> tuple[Any, Any]:
+        from huggingface_hub.errors import EntryNotFoundError, OfflineModeIsEnabled
+
         cache = _hf_hub_cache()
-        kwargs = dict(revision=self.config.revision, cache_dir=str(cache), local_files_only=True)
+        kwargs = {"revision": self.config.revision, "cache_dir": str(cache), "local_files_only": True}
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 return (model_cls.from_pretrained(self.config.model_id, **kwargs),
                         tokenizer_cls.from_pretrained(self.config.model_id, **kwargs))
-        except Exception as exc:  # OSError, EntryNotFoundError, OfflineModeIsEnabled, ...: all mean "not here"
+        except (OSError, EntryNotFoundError, OfflineModeIsEnabled) as exc:
             looked = [str(p) for p in self._folders()] + [f"the Hugging Face cache {cache}"]
             raise WeightsError(f"CLIP weights {self.config.model_id}@{self.config.revision} not found (looked in "
                                f"{' and '.join(looked)}): {self._how_to_fetch()}") from exc

@@ -29,7 +29,6 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-
 from guardkit import hookimpl
 from guardkit.config import RunConfig
 from guardkit.errors import ConfigError
@@ -41,8 +40,8 @@ DEFAULT_FACE_MODEL = "dlib"
 #: their source. The parts' ``threshold`` class attributes hold the same values (a test checks it).
 THRESHOLDS: dict[str, tuple[float, str, str]] = {
     "dlib": (0.6, "euclidean",
-             "dlib's face_recognition example and dlib.net blog (2017-02-12): same person below 0.6 "
-             "Euclidean, 99.38% on LFW"),
+             ("dlib's dnn_face_recognition_ex.cpp and dlib.net blog (2017-02-12): same person below 0.6 "
+              "Euclidean, 99.38% on LFW")),
     "arcface": (0.8, "1 - cosine",
                 "insightface web-demos/src_recognition/main.py: 'NOT the same person' below cosine 0.2"),
     "adaface": (0.7, "1 - cosine",

@@ -28,7 +28,6 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-
 from guardkit import hookimpl
 from guardkit.config import RunConfig
 from guardkit.errors import ConfigError

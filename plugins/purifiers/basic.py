@@ -18,7 +18,7 @@ The paper's settings (FaceLock, Tab. 3 / A6) are the defaults:
 
 All take and return ``[B,3,H,W]`` in ``[0, 1]``; random draws come only from the ``generator`` passed
 to ``purify``, so a seeded generator gives the same result. ``parse_purifier`` turns the CLI's
-shorthands (``jpeg75``, ``rotate10``, ``resize50``, ``jpeg:quality=60``) into ``(name, options)``.
+shorthands (``jpeg75``, ``rotate10``, ``resize50``, ``blur15``, ``jpeg:quality=60``) into ``(name, options)``.
 
 Example: ``Jpeg(RunConfig(), quality=60).purify(images, torch.Generator().manual_seed(0))``
 """
@@ -37,6 +37,7 @@ from guardkit import hookimpl
 from guardkit.config import RunConfig, build_config
 from guardkit.eot import jpeg_bpda
 from guardkit.errors import ConfigError
+from guardkit.specs import SHORTHANDS
 
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale (ITU-R 601-2 luma)
 
@@ -357,15 +358,9 @@ class ColorJitter:
 
 
 # ----------------------------------------------------------------------------- parse_purifier
-#: shorthand name -> (option, converter from the number written after the name)
-SHORTHANDS: dict[str, tuple[str, Any]] = {
-    "jpeg": ("quality", int),
-    "rotate": ("degrees", lambda text: int(text) if text.isdigit() else float(text)),
-    "resize": ("scale", lambda text: float(text) / 100),  # resize50: half of each side
-}
 BUILTIN_NAMES = ("jpeg", "blur", "rotate", "resize", "color-jitter", "diffpure")
 _NAME = re.compile(r"[a-z][a-z0-9_-]*")
-_NAME_NUMBER = re.compile(r"([a-z][a-z_-]*?)(\d+(?:\.\d+)?)")
+_NAME_NUMBER = re.compile(r"([a-z][a-z_-]*?)(\d+)")
 _KEY = re.compile(r"[a-z_][a-z0-9_]*")
 
 
@@ -392,8 +387,12 @@ def parse_purifier(spec: str) -> tuple[str, dict[str, Any]]:
 
     ``"none"`` -> ("none", {}); ``"jpeg75"`` -> ("jpeg", {"quality": 75}); ``"rotate10"`` ->
     ("rotate", {"degrees": 10}); ``"resize50"`` -> ("resize", {"scale": 0.5}) (percent of each side);
-    ``"blur"`` -> ("blur", {}); general form ``"name:key=value,key=value"``, e.g. ``"jpeg:quality=60"``
-    -> ("jpeg", {"quality": 60}). Values become int, float or bool where they read as one.
+    ``"blur"`` -> ("blur", {}); ``"blur15"`` -> ("blur", {"sigma": 1.5}); ``"diffpure10"`` ->
+    ("diffpure", {"t": 0.1}) (the number shorthands are ``guardkit.specs.SHORTHANDS``, shared with
+    ``guardkit.specs.parse_spec``; the number is a whole number); general form
+    ``"name:key=value,key=value"``, e.g. ``"jpeg:quality=60"`` -> ("jpeg", {"quality": 60}).
+    Values become int, float, bool (true/false) or None (none) where they read as one; unlike
+    ``parse_spec``, names, keys and repeated keys are checked.
     Raises a one-line ``ConfigError`` on anything else.
     """
     if not isinstance(spec, str):
@@ -405,12 +404,9 @@ def parse_purifier(spec: str) -> tuple[str, dict[str, Any]]:
     if not sep:
         match = _NAME_NUMBER.fullmatch(name)
         if match and match.group(1) in SHORTHANDS:
-            key, convert = SHORTHANDS[match.group(1)]
-            try:
-                return match.group(1), {key: convert(match.group(2))}
-            except ValueError:
-                raise ConfigError(f"bad purifier spec {spec!r}: {match.group(1)} takes a whole number "
-                                  f"({hint})") from None
+            key, divisor = SHORTHANDS[match.group(1)]
+            value = int(match.group(2))
+            return match.group(1), {key: value if divisor == 1 else value / divisor}
         if match and match.group(1) in BUILTIN_NAMES:
             raise ConfigError(f"bad purifier spec {spec!r}: {match.group(1)} has no number shorthand; "
                               f"use {match.group(1)}:key=value")

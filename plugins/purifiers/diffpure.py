@@ -129,7 +129,7 @@ class DiffPure:
 
             folder = Path(snapshot_download(self.HUB_ID, revision=self.config.revision, cache_dir=str(cache),
                                             local_files_only=True))
-        except Exception as exc:  # LocalEntryNotFoundError, OfflineModeIsEnabled, a missing huggingface_hub
+        except (ImportError, OSError, ValueError) as exc:  # LocalEntryNotFound, OfflineModeIsEnabled: OSErrors
             folder = None
             reason = _first_line(exc)
         if folder is not None and self._is_model_folder(folder):
