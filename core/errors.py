@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type name when it has none)."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
 class GuardkitError(Exception):
     """Base class: anything the user can fix from the message alone."""
 

@@ -10,7 +10,7 @@ from typing import Any, Callable, Iterable, Protocol
 import pluggy
 
 from guardkit import hookspecs
-from guardkit.errors import DuplicatePartError, RegistryError, UnknownPartError
+from guardkit.errors import DuplicatePartError, RegistryError, UnknownPartError, first_line
 from guardkit.hookspecs import KINDS
 from guardkit.types import PartSpec
 
@@ -37,9 +37,8 @@ class PluginError:
     error: BaseException
 
     def __str__(self) -> str:
-        first_line = (str(self.error).strip().splitlines() or [""])[0]
         return (f"plugin {self.entry_point!r} from distribution {self.distribution!r} failed to load: "
-                f"{type(self.error).__name__}: {first_line}")
+                f"{type(self.error).__name__}: {first_line(self.error)}")
 
 
 def disabled_from_env() -> set[str]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,8 @@ from typing import Any, ClassVar
 import torch
 
 from guardkit.config import RunConfig
-from guardkit.errors import ConfigError, WeightsError
+from guardkit.errors import ConfigError, WeightsError, first_line
+from guardkit.weights import hf_cache_dir
 
 
 @dataclass(frozen=True)
@@ -111,10 +111,10 @@ class DiffusersVAE:
             for vae_dir in (folder, folder / self.SUBFOLDER):
                 if (vae_dir / "config.json").is_file():
                     try:
-                        return cls.from_pretrained(str(vae_dir), local_files_only=True, **_load_kwargs())
+                        return cls.from_pretrained(str(vae_dir), local_files_only=True, **diffusers_load_kwargs())
                     except (OSError, ValueError) as exc:
                         raise WeightsError(f"{self.name} weights in {vae_dir} are incomplete or unreadable "
-                                           f"({_first_line(exc)}): {self._how_to_fetch()}") from exc
+                                           f"({first_line(exc)}): {self._how_to_fetch()}") from exc
         if self.config.path is not None:
             raise WeightsError(f"{self.name} weights not found in {self.config.path} (no config.json there or "
                                f"in its {self.SUBFOLDER}/ folder): {self._how_to_fetch()}")
@@ -123,12 +123,12 @@ class DiffusersVAE:
     def _from_hf_cache(self, cls: Any) -> Any:
         from huggingface_hub.errors import EntryNotFoundError, OfflineModeIsEnabled
 
-        cache = _hf_hub_cache()
+        cache = hf_cache_dir()
         try:
             with warnings.catch_warnings():  # diffusers passes hub arguments that hub 1.x deprecates
                 warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*")
                 return cls.from_pretrained(self.HUB_ID, subfolder=self.SUBFOLDER, revision=self.revision,
-                                           cache_dir=str(cache), local_files_only=True, **_load_kwargs())
+                                           cache_dir=str(cache), local_files_only=True, **diffusers_load_kwargs())
         except (OSError, EntryNotFoundError, OfflineModeIsEnabled) as exc:
             looked = [str(p) for p in self._local_candidates()] + [f"the Hugging Face cache {cache}"]
             raise WeightsError(f"{self.name} weights not found (looked in {' and '.join(looked)} for "
@@ -169,17 +169,7 @@ class DiffusersVAE:
         return x.to(device=z.device, dtype=z.dtype)
 
 
-def _hf_hub_cache() -> Path:
-    """The hub cache folder as huggingface_hub resolves it, read now (not at import time)."""
-    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "huggingface")
-    hub = os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE") or os.path.join(home, "hub")
-    return Path(os.path.expandvars(hub)).expanduser()
-
-
-def _load_kwargs() -> dict[str, Any]:
+def diffusers_load_kwargs() -> dict[str, Any]:
+    """Keyword arguments for diffusers' ``from_pretrained`` on this machine."""
     # without accelerate, diffusers warns at every load unless low_cpu_mem_usage is off
     return {"low_cpu_mem_usage": importlib.util.find_spec("accelerate") is not None}
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

@@ -141,11 +141,10 @@ KNOWN_WEIGHTS: tuple[KnownWeight, ...] = (
 
 
 def hf_cache_dir() -> Path:
-    """The Hugging Face hub cache folder, resolved as huggingface_hub does (read at call time)."""
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"])
-    home = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface"))
-    return home / "hub"
+    """The Hugging Face hub cache folder as huggingface_hub resolves it, read now (not at import time)."""
+    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "huggingface")
+    hub = os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE") or os.path.join(home, "hub")
+    return Path(os.path.expandvars(hub)).expanduser()
 
 
 def find_known_weight(weight: KnownWeight, weights_dir: Path | None = None) -> Path | None:

@@ -103,7 +103,6 @@ def test_models_verifies_checksums_and_says_what_to_fetch(tmp_path, monkeypatch)
 
 
 def test_models_reports_a_corrupted_weight_file(tmp_path, monkeypatch):
-    import guardkit.weights as weights
 
     (tmp_path / "dlib_face_recognition_resnet_model_v1.dat").write_bytes(b"tampered")
     result = invoke("models", "--json", "--weights-dir", str(tmp_path))

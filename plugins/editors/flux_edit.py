@@ -53,7 +53,9 @@ import torch
 from guardkit import hookimpl
 from guardkit.config import RunConfig
 from guardkit.errors import ConfigError, WeightsError
-from guardkit.vae import _first_line, _hf_hub_cache, _load_kwargs
+from guardkit.errors import first_line
+from guardkit.weights import hf_cache_dir
+from guardkit.vae import diffusers_load_kwargs
 
 Solver = Literal["rf-solver", "euler"]
 #: tokens per side of one packed latent patch, and pixels per token side (VAE 8 x packing 2)
@@ -408,7 +410,7 @@ class FluxEdit:
             try:
                 pipe.enable_model_cpu_offload(device=device)
             except (ImportError, RuntimeError, ValueError) as exc:
-                raise ConfigError(f"flux-edit: offload=True failed ({_first_line(exc)}); it needs accelerate "
+                raise ConfigError(f"flux-edit: offload=True failed ({first_line(exc)}); it needs accelerate "
                                   f"and a GPU") from exc
         else:
             pipe.to(device)
@@ -432,10 +434,10 @@ class FluxEdit:
             if (folder / "model_index.json").is_file():
                 try:
                     return cls.from_pretrained(str(folder), local_files_only=True, **_dtype_kwarg(dtype),
-                                               **_load_kwargs())
+                                               **diffusers_load_kwargs())
                 except (OSError, ValueError) as exc:
                     raise WeightsError(f"{self.name} weights in {folder} are incomplete or unreadable "
-                                       f"({_first_line(exc)}): {self._how_to_fetch()}") from exc
+                                       f"({first_line(exc)}): {self._how_to_fetch()}") from exc
         if self.config.path is not None:
             raise WeightsError(f"{self.name} weights not found in {self.config.path} (no model_index.json there): "
                                f"{self._how_to_fetch()}")
@@ -444,12 +446,12 @@ class FluxEdit:
     def _from_hf_cache(self, cls: Any, dtype: torch.dtype) -> Any:
         from huggingface_hub.errors import EntryNotFoundError, OfflineModeIsEnabled
 
-        cache = _hf_hub_cache()
+        cache = hf_cache_dir()
         try:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*")
                 return cls.from_pretrained(self.HUB_ID, revision=self.revision, cache_dir=str(cache),
-                                           local_files_only=True, **_dtype_kwarg(dtype), **_load_kwargs())
+                                           local_files_only=True, **_dtype_kwarg(dtype), **diffusers_load_kwargs())
         except (OSError, ValueError, EntryNotFoundError, OfflineModeIsEnabled) as exc:
             looked = [str(p) for p in self._local_candidates()] + [f"the Hugging Face cache {cache}"]
             raise WeightsError(f"{self.name} weights not found (looked in {' and '.join(looked)} for "

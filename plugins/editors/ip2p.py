@@ -39,7 +39,9 @@ import torch.nn.functional as F
 from guardkit import hookimpl
 from guardkit.config import RunConfig
 from guardkit.errors import ConfigError, WeightsError
-from guardkit.vae import _first_line, _hf_hub_cache, _load_kwargs
+from guardkit.errors import first_line
+from guardkit.weights import hf_cache_dir
+from guardkit.vae import diffusers_load_kwargs
 
 
 @dataclass(frozen=True)
@@ -105,7 +107,7 @@ class InstructPix2Pix:
 
     def _pipeline_kwargs(self) -> dict[str, Any]:
         return {"safety_checker": None, "requires_safety_checker": False, "feature_extractor": None,
-                "dtype": self.run.torch_dtype(), "local_files_only": True, **_load_kwargs()}
+                "dtype": self.run.torch_dtype(), "local_files_only": True, **diffusers_load_kwargs()}
 
     def _local_candidates(self) -> list[Path]:
         if self.config.path is not None:
@@ -121,7 +123,7 @@ class InstructPix2Pix:
                     return cls.from_pretrained(str(folder), **self._pipeline_kwargs())
                 except (OSError, ValueError) as exc:
                     raise WeightsError(f"{self.name} pipeline in {folder} is incomplete or unreadable "
-                                       f"({_first_line(exc)}): {self._how_to_fetch()}") from exc
+                                       f"({first_line(exc)}): {self._how_to_fetch()}") from exc
         if self.config.path is not None:
             raise WeightsError(f"{self.name} pipeline not found in {self.config.path} (no model_index.json "
                                f"there): {self._how_to_fetch()}")
@@ -130,7 +132,7 @@ class InstructPix2Pix:
     def _from_hf_cache(self, cls: Any) -> Any:
         from huggingface_hub.errors import EntryNotFoundError, OfflineModeIsEnabled
 
-        cache = _hf_hub_cache()
+        cache = hf_cache_dir()
         try:
             with warnings.catch_warnings():  # diffusers passes hub arguments that hub 1.x deprecates
                 warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*")

@@ -50,7 +50,7 @@ from torch import Tensor, nn
 from guardkit import hookimpl
 from guardkit.align import ARCFACE_TEMPLATE_112, similarity_align
 from guardkit.config import RunConfig
-from guardkit.errors import ConfigError, WeightsError
+from guardkit.errors import ConfigError, WeightsError, first_line
 from guardkit.types import DistanceMetric, Face, LandmarkScheme
 
 CHIP_SIZE = 112
@@ -163,7 +163,7 @@ def _read_file(path: Path) -> Any:
         try:
             return load_file(str(path), device="cpu")
         except Exception as exc:
-            reason = f"{type(exc).__name__}: {_first_line(exc)}"
+            reason = f"{type(exc).__name__}: {first_line(exc)}"
             raise WeightsError(f"{path}: not a readable safetensors file ({reason})") from exc
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -178,15 +178,11 @@ def _read_file(path: Path) -> Any:
                 "torch.save({'state_dict': ckpt['state_dict']}, NEW)"
             ) from exc
         detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
-        reason = detail.group(1).strip() if detail else _first_line(exc)
+        reason = detail.group(1).strip() if detail else first_line(exc)
         raise WeightsError(f"{path}: not a readable PyTorch checkpoint (weights_only=True: {reason})") from exc
     except Exception as exc:
-        reason = f"{type(exc).__name__}: {_first_line(exc)}"
+        reason = f"{type(exc).__name__}: {first_line(exc)}"
         raise WeightsError(f"{path}: not a readable PyTorch checkpoint ({reason})") from exc
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [""])[0]
 
 
 def backbone_state_dict(obj: Any, path: Path) -> dict[str, Tensor]:

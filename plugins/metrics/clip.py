@@ -37,7 +37,8 @@ from guardkit import hookimpl
 from guardkit.config import RunConfig
 from guardkit.errors import ConfigError, WeightsError
 from guardkit.types import EvalBatch
-from guardkit.vae import _first_line, _hf_hub_cache
+from guardkit.errors import first_line
+from guardkit.weights import hf_cache_dir
 
 DEFAULT_MODEL_ID = "openai/clip-vit-base-patch32"  # FaceLock's evaluation/eval_clip_{s,i}.py
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -117,7 +118,7 @@ class ClipEncoder:
                     tokenizer = CLIPTokenizer.from_pretrained(str(folder), local_files_only=True)
                 except (OSError, ValueError, TypeError) as exc:
                     raise WeightsError(f"CLIP weights in {folder} are incomplete or unreadable "
-                                       f"({_first_line(exc)}): {self._how_to_fetch()}") from exc
+                                       f"({first_line(exc)}): {self._how_to_fetch()}") from exc
                 break
         else:
             if self.config.path is not None:
@@ -132,7 +133,7 @@ class ClipEncoder:
     def _from_hf_cache(self, model_cls: Any, tokenizer_cls: Any) -> tuple[Any, Any]:
         from huggingface_hub.errors import EntryNotFoundError, OfflineModeIsEnabled
 
-        cache = _hf_hub_cache()
+        cache = hf_cache_dir()
         kwargs = {"revision": self.config.revision, "cache_dir": str(cache), "local_files_only": True}
         try:
             with warnings.catch_warnings():

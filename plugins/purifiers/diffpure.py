@@ -35,7 +35,9 @@ import torch.nn.functional as F
 from guardkit import hookimpl
 from guardkit.config import RunConfig, build_config
 from guardkit.errors import ConfigError, WeightsError
-from guardkit.vae import _first_line, _hf_hub_cache, _load_kwargs
+from guardkit.errors import first_line
+from guardkit.weights import hf_cache_dir
+from guardkit.vae import diffusers_load_kwargs
 
 SAMPLERS = ("ddpm", "ddim")
 
@@ -91,10 +93,10 @@ class DiffPure:
         try:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*")
-                unet = UNet2DModel.from_pretrained(str(unet_dir), local_files_only=True, **_load_kwargs())
+                unet = UNet2DModel.from_pretrained(str(unet_dir), local_files_only=True, **diffusers_load_kwargs())
                 scheduler = DDPMScheduler.from_pretrained(str(sched_dir), local_files_only=True)
         except (OSError, ValueError) as exc:
-            raise WeightsError(f"diffpure weights in {folder} are incomplete or unreadable ({_first_line(exc)}): "
+            raise WeightsError(f"diffpure weights in {folder} are incomplete or unreadable ({first_line(exc)}): "
                                f"{self._how_to_fetch()}") from exc
         self.prediction_type = scheduler.config.prediction_type
         if self.prediction_type not in ("epsilon", "sample", "v_prediction"):
@@ -123,7 +125,7 @@ class DiffPure:
         if self.config.path is not None:
             raise WeightsError(f"diffpure weights not found in {self.config.path} (need unet/ and scheduler/, or "
                                f"config.json and scheduler_config.json): {self._how_to_fetch()}")
-        cache = _hf_hub_cache()
+        cache = hf_cache_dir()
         try:
             from huggingface_hub import snapshot_download
 
@@ -131,7 +133,7 @@ class DiffPure:
                                             local_files_only=True))
         except (ImportError, OSError, ValueError) as exc:  # LocalEntryNotFound, OfflineModeIsEnabled: OSErrors
             folder = None
-            reason = _first_line(exc)
+            reason = first_line(exc)
         if folder is not None and self._is_model_folder(folder):
             return folder
         looked = [str(p) for p in self._candidates()] + [f"the Hugging Face cache {cache}"]
