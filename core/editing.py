@@ -25,14 +25,20 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
-
 from guardkit.config import RunConfig
-from guardkit.errors import CapabilityError, ConfigError, GuardkitError, ImageError, NoFaceError
+from guardkit.errors import (
+    CapabilityError,
+    ConfigError,
+    GuardkitError,
+    ImageError,
+    NoFaceError,
+)
 from guardkit.imageio import collect_inputs, is_done, load_rgb, plan_outputs, save_image
 
 #: pixels per latent token side for FLUX (VAE 8x, packing 2x2)

@@ -6,19 +6,26 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
-from rich.markup import escape
-from rich.table import Table
-
 from guardkit.cli._options import (
-    EXIT_FAILED_PHOTOS, DisableOpt, FaceFinderOpt, JsonOpt, WeightsDirOpt, err_console, one_line_errors, out_console,
-    progress, warn,
+    EXIT_FAILED_PHOTOS,
+    DisableOpt,
+    FaceFinderOpt,
+    JsonOpt,
+    WeightsDirOpt,
+    err_console,
+    one_line_errors,
+    out_console,
+    progress,
+    warn,
 )
 from guardkit.config import RunConfig
 from guardkit.errors import ConfigError
 from guardkit.specs import number
+from rich.markup import escape
+from rich.table import Table
 
 
 def _pairs(pairs: list[str] | None, what: str) -> dict[str, object]:
@@ -38,29 +45,29 @@ def edit_command(
     prompt: Annotated[str, typer.Option("--prompt", help="The edit: what the photo should show.")],
     source_prompt: Annotated[str, typer.Option(help="What the photo shows now (for the inversion).")] = "",
     editor: Annotated[str, typer.Option("--editor", help="Editor (see `guardkit plugins`).")] = "flux-edit",
-    editor_path: Annotated[Optional[Path], typer.Option(help="Local diffusers folder of the editor's weights.")] = None,
-    protect: Annotated[Optional[str], typer.Option(
+    editor_path: Annotated[Path | None, typer.Option(help="Local diffusers folder of the editor's weights.")] = None,
+    protect: Annotated[str | None, typer.Option(
         "--protect", help="Edit method that protects the faces (flux-guard); without it, a plain edit.")] = None,
     fr: Annotated[str, typer.Option("--fr", help="Face models, comma-separated: the ensemble to protect against "
                                                  "and the distances reported.")] = "dlib",
     face_finder: FaceFinderOpt = "dlib",
     parser: Annotated[str, typer.Option("--parser", help="Face parser that finds the edit region.")] = "landmarks",
-    target_identity: Annotated[Optional[Path], typer.Option(
+    target_identity: Annotated[Path | None, typer.Option(
         help="A photo of someone else: impersonate them (default: dodging).")] = None,
-    mask: Annotated[Optional[Path], typer.Option(help="Edit-region mask image (white = edit); overrides the "
+    mask: Annotated[Path | None, typer.Option(help="Edit-region mask image (white = edit); overrides the "
                                                       "prompt's regions.")] = None,
-    steps: Annotated[Optional[int], typer.Option(help="Sampling steps (default: the method's, or the editor's).")] = None,
+    steps: Annotated[int | None, typer.Option(help="Sampling steps (default: the method's, or the editor's).")] = None,
     seed: Annotated[int, typer.Option(help="Random seed: same seed, same output.")] = 0,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1 or auto.")] = "cpu",
     resolution: Annotated[int, typer.Option(help="Longer side of the edited photo, a multiple of 16.")] = 512,
     fmt: Annotated[str, typer.Option("--format", help="png (lossless, default) or jpeg.")] = "png",
-    option: Annotated[Optional[list[str]], typer.Option("--option", "-O", help="Protection option KEY=VALUE "
+    option: Annotated[list[str] | None, typer.Option("--option", "-O", help="Protection option KEY=VALUE "
                                                         "(see `guardkit methods show flux-guard`).")] = None,
-    editor_option: Annotated[Optional[list[str]], typer.Option("--editor-option", "-E",
+    editor_option: Annotated[list[str] | None, typer.Option("--editor-option", "-E",
                                                                help="Editor option KEY=VALUE.")] = None,
     resume: Annotated[bool, typer.Option(help="Skip photos already edited in the output folder.")] = True,
     weights_dir: WeightsDirOpt = None,
-    threads: Annotated[Optional[int], typer.Option(help="CPU threads (default: torch's).")] = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads (default: torch's).")] = None,
     disable_plugin: DisableOpt = None,
     as_json: JsonOpt = False,
 ) -> None:

@@ -37,11 +37,11 @@ def recipe(spec) -> dict:
 @app.command("list")
 @one_line_errors
 def list_command(as_json: JsonOpt = False, disable_plugin: DisableOpt = None) -> None:
-    """Every registered method with its summary."""
+    """Every registered protection method (and editing-time protection) with its summary."""
     from guardkit.engine import Engine
 
     engine = Engine(disabled=disable_plugin or ())
-    specs = [engine.registry.get("method", n) for n in engine.registry.names("method")]
+    specs = [engine.registry.get(kind, n) for kind in ("method", "edit_method") for n in engine.registry.names(kind)]
     if as_json:
         out_console.print_json(json.dumps([{"name": s.name, "origin": s.origin, "summary": s.summary} for s in specs]))
         return
@@ -60,7 +60,9 @@ def show_command(name: Annotated[str, typer.Argument(help="Method name.")], as_j
     """A method's recipe: parts, loss terms and weights, schedule, defaults, and its documentation."""
     from guardkit.engine import Engine
 
-    info = recipe(Engine(disabled=disable_plugin or ()).registry.get("method", name))
+    registry = Engine(disabled=disable_plugin or ()).registry
+    kind = "edit_method" if name in registry.names("edit_method") else "method"
+    info = recipe(registry.get(kind, name))
     if as_json:
         out_console.print_json(json.dumps(info, default=str))
         return
