@@ -17,16 +17,14 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 
 from guardkit.config import RunConfig
-from guardkit.errors import ConfigError, WeightsError, first_line
-from guardkit.weights import hf_cache_dir
+from guardkit.errors import ConfigError, WeightsError
+from guardkit.hub import HubSource, load_offline
 
 
 @dataclass(frozen=True)
@@ -68,6 +66,8 @@ class DiffusersVAE:
             known = ", ".join(f.name for f in dataclasses.fields(VAEConfig))
             raise ConfigError(f"encoder {self.name!r}: unknown option(s) {sorted(options)}; known: {known}") from exc
         self.revision = self.config.revision or self.REVISION
+        self.source = HubSource(self.name, self.HUB_ID, self.revision, self.SUBFOLDER,
+                                fetch_filter=f"--include '{self.SUBFOLDER}/*'", path_option="the encoder option path=")
         self.vae = None
         self.scaling_factor = self.SCALING_FACTOR
         self.shift_factor = self.SHIFT_FACTOR
@@ -81,7 +81,9 @@ class DiffusersVAE:
             from diffusers import AutoencoderKL
         except ImportError as exc:
             raise WeightsError(f"encoder {self.name!r} needs diffusers: pip install diffusers") from exc
-        vae = self._from_local(AutoencoderKL) or self._from_hf_cache(AutoencoderKL)
+        vae = load_offline(self.source, lambda where, **hub: AutoencoderKL.from_pretrained(
+            where, local_files_only=True, **hub, **diffusers_load_kwargs()), path=self.config.path,
+            weights_dir=self.run.weights_dir)
         if vae.config.latent_channels != self.latent_channels:
             raise WeightsError(f"{self.name} weights have {vae.config.latent_channels} latent channels, "
                                f"expected {self.latent_channels}: wrong VAE for this encoder")
@@ -98,48 +100,6 @@ class DiffusersVAE:
         if self.config.sample:
             self._generator = torch.Generator(device=device).manual_seed(self.run.seed)
         self.vae = vae
-
-    def _local_candidates(self) -> list[Path]:
-        if self.config.path is not None:
-            return [Path(self.config.path).expanduser()]
-        if self.run.weights_dir is not None:
-            return [Path(self.run.weights_dir).expanduser() / self.HUB_ID]
-        return []
-
-    def _from_local(self, cls: Any) -> Any:
-        for folder in self._local_candidates():
-            for vae_dir in (folder, folder / self.SUBFOLDER):
-                if (vae_dir / "config.json").is_file():
-                    try:
-                        return cls.from_pretrained(str(vae_dir), local_files_only=True, **diffusers_load_kwargs())
-                    except (OSError, ValueError) as exc:
-                        raise WeightsError(f"{self.name} weights in {vae_dir} are incomplete or unreadable "
-                                           f"({first_line(exc)}): {self._how_to_fetch()}") from exc
-        if self.config.path is not None:
-            raise WeightsError(f"{self.name} weights not found in {self.config.path} (no config.json there or "
-                               f"in its {self.SUBFOLDER}/ folder): {self._how_to_fetch()}")
-        return None
-
-    def _from_hf_cache(self, cls: Any) -> Any:
-        from huggingface_hub.errors import EntryNotFoundError, OfflineModeIsEnabled
-
-        cache = hf_cache_dir()
-        try:
-            with warnings.catch_warnings():  # diffusers passes hub arguments that hub 1.x deprecates
-                warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*")
-                return cls.from_pretrained(self.HUB_ID, subfolder=self.SUBFOLDER, revision=self.revision,
-                                           cache_dir=str(cache), local_files_only=True, **diffusers_load_kwargs())
-        except (OSError, EntryNotFoundError, OfflineModeIsEnabled) as exc:
-            looked = [str(p) for p in self._local_candidates()] + [f"the Hugging Face cache {cache}"]
-            raise WeightsError(f"{self.name} weights not found (looked in {' and '.join(looked)} for "
-                               f"{self.HUB_ID}@{self.revision} subfolder {self.SUBFOLDER}): "
-                               f"{self._how_to_fetch()}") from exc
-
-    def _how_to_fetch(self) -> str:
-        rev = f" --revision {self.revision}" if self.revision != "main" else ""
-        return (f"fetch them with `hf download {self.HUB_ID}{rev} --include '{self.SUBFOLDER}/*' "
-                f"--local-dir DIR/{self.HUB_ID}` on a machine with network, then pass --weights-dir DIR "
-                f"(or the encoder option path=DIR/{self.HUB_ID})")
 
     # ----------------------------------------------------------------------------- encode / decode
     def encode(self, x: torch.Tensor) -> torch.Tensor:

@@ -37,10 +37,8 @@ import contextlib
 import dataclasses
 import functools
 import math
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import (
     Any,
     ClassVar,
@@ -52,9 +50,8 @@ from typing import (
 import torch
 from guardkit import hookimpl
 from guardkit.config import RunConfig
-from guardkit.errors import ConfigError, WeightsError
-from guardkit.errors import first_line
-from guardkit.weights import hf_cache_dir
+from guardkit.errors import ConfigError, WeightsError, first_line
+from guardkit.hub import HubSource, load_offline
 from guardkit.vae import diffusers_load_kwargs
 
 Solver = Literal["rf-solver", "euler"]
@@ -401,7 +398,12 @@ class FluxEdit:
             dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[self.config.dtype]
         else:
             dtype = torch.bfloat16 if device.type == "cuda" else self.run.torch_dtype()
-        pipe = self._from_local(FluxPipeline, dtype) or self._from_hf_cache(FluxPipeline, dtype)
+        source = HubSource(self.name, self.HUB_ID, self.revision, marker="model_index.json", path_option="--editor-path",
+                           note=f"{self.HUB_ID} is gated: accept its licence at https://huggingface.co/{self.HUB_ID} "
+                                f"and log in (`hf auth login`)")
+        pipe = load_offline(source, lambda where, **hub: FluxPipeline.from_pretrained(
+            where, local_files_only=True, **hub, **_dtype_kwarg(dtype), **diffusers_load_kwargs()),
+            path=self.config.path, weights_dir=self.run.weights_dir)
         for part in ("transformer", "vae", "text_encoder", "text_encoder_2"):
             module = getattr(pipe, part, None)
             if module is not None:
@@ -421,47 +423,6 @@ class FluxEdit:
             blocks[i].attn.set_processor(proc)
             self.processors[i] = proc
         self.pipe = pipe
-
-    def _local_candidates(self) -> list[Path]:
-        if self.config.path is not None:
-            return [Path(self.config.path).expanduser()]
-        if self.run.weights_dir is not None:
-            return [Path(self.run.weights_dir).expanduser() / self.HUB_ID]
-        return []
-
-    def _from_local(self, cls: Any, dtype: torch.dtype) -> Any:
-        for folder in self._local_candidates():
-            if (folder / "model_index.json").is_file():
-                try:
-                    return cls.from_pretrained(str(folder), local_files_only=True, **_dtype_kwarg(dtype),
-                                               **diffusers_load_kwargs())
-                except (OSError, ValueError) as exc:
-                    raise WeightsError(f"{self.name} weights in {folder} are incomplete or unreadable "
-                                       f"({first_line(exc)}): {self._how_to_fetch()}") from exc
-        if self.config.path is not None:
-            raise WeightsError(f"{self.name} weights not found in {self.config.path} (no model_index.json there): "
-                               f"{self._how_to_fetch()}")
-        return None
-
-    def _from_hf_cache(self, cls: Any, dtype: torch.dtype) -> Any:
-        from huggingface_hub.errors import EntryNotFoundError, OfflineModeIsEnabled
-
-        cache = hf_cache_dir()
-        try:
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*")
-                return cls.from_pretrained(self.HUB_ID, revision=self.revision, cache_dir=str(cache),
-                                           local_files_only=True, **_dtype_kwarg(dtype), **diffusers_load_kwargs())
-        except (OSError, ValueError, EntryNotFoundError, OfflineModeIsEnabled) as exc:
-            looked = [str(p) for p in self._local_candidates()] + [f"the Hugging Face cache {cache}"]
-            raise WeightsError(f"{self.name} weights not found (looked in {' and '.join(looked)} for "
-                               f"{self.HUB_ID}@{self.revision}): {self._how_to_fetch()}") from exc
-
-    def _how_to_fetch(self) -> str:
-        rev = f" --revision {self.revision}" if self.revision != "main" else ""
-        return (f"{self.HUB_ID} is gated: accept its licence at https://huggingface.co/{self.HUB_ID} and log in "
-                f"(`hf auth login`), then run `hf download {self.HUB_ID}{rev} --local-dir DIR/{self.HUB_ID}` on a "
-                f"machine with network and pass --weights-dir DIR (or --editor-path DIR/{self.HUB_ID})")
 
     # ----------------------------------------------------------------------------- helpers
     @property

@@ -28,9 +28,7 @@ Example: ``InstructPix2Pix(RunConfig(device="cuda", dtype="float16")).edit(x, "L
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -39,8 +37,7 @@ import torch.nn.functional as F
 from guardkit import hookimpl
 from guardkit.config import RunConfig
 from guardkit.errors import ConfigError, WeightsError
-from guardkit.errors import first_line
-from guardkit.weights import hf_cache_dir
+from guardkit.hub import HubSource, load_offline
 from guardkit.vae import diffusers_load_kwargs
 
 
@@ -98,7 +95,10 @@ class InstructPix2Pix:
             raise WeightsError(f"editor {self.name!r} needs diffusers and transformers: "
                                f"pip install diffusers transformers") from exc
         cls = StableDiffusionInstructPix2PixPipeline
-        pipe = self._from_local(cls) or self._from_hf_cache(cls)
+        source = HubSource(self.name, self.HUB_ID, self.config.revision, marker="model_index.json",
+                           fetch_filter="--exclude '*.ckpt'", path_option="--editor-path")
+        pipe = load_offline(source, lambda where, **hub: cls.from_pretrained(where, **hub, **self._pipeline_kwargs()),
+                            path=self.config.path, weights_dir=self.run.weights_dir)
         pipe.to(self.run.torch_device())
         pipe.set_progress_bar_config(disable=True)
         for module in (pipe.unet, pipe.vae, pipe.text_encoder):
@@ -108,46 +108,6 @@ class InstructPix2Pix:
     def _pipeline_kwargs(self) -> dict[str, Any]:
         return {"safety_checker": None, "requires_safety_checker": False, "feature_extractor": None,
                 "dtype": self.run.torch_dtype(), "local_files_only": True, **diffusers_load_kwargs()}
-
-    def _local_candidates(self) -> list[Path]:
-        if self.config.path is not None:
-            return [Path(self.config.path).expanduser()]
-        if self.run.weights_dir is not None:
-            return [Path(self.run.weights_dir).expanduser() / self.HUB_ID]
-        return []
-
-    def _from_local(self, cls: Any) -> Any:
-        for folder in self._local_candidates():
-            if (folder / "model_index.json").is_file():
-                try:
-                    return cls.from_pretrained(str(folder), **self._pipeline_kwargs())
-                except (OSError, ValueError) as exc:
-                    raise WeightsError(f"{self.name} pipeline in {folder} is incomplete or unreadable "
-                                       f"({first_line(exc)}): {self._how_to_fetch()}") from exc
-        if self.config.path is not None:
-            raise WeightsError(f"{self.name} pipeline not found in {self.config.path} (no model_index.json "
-                               f"there): {self._how_to_fetch()}")
-        return None
-
-    def _from_hf_cache(self, cls: Any) -> Any:
-        from huggingface_hub.errors import EntryNotFoundError, OfflineModeIsEnabled
-
-        cache = hf_cache_dir()
-        try:
-            with warnings.catch_warnings():  # diffusers passes hub arguments that hub 1.x deprecates
-                warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*")
-                return cls.from_pretrained(self.HUB_ID, revision=self.config.revision, cache_dir=str(cache),
-                                           **self._pipeline_kwargs())
-        except (OSError, ValueError, EntryNotFoundError, OfflineModeIsEnabled) as exc:
-            looked = [str(p) for p in self._local_candidates()] + [f"the Hugging Face cache {cache}"]
-            raise WeightsError(f"{self.name} weights not found (looked in {' and '.join(looked)} for "
-                               f"{self.HUB_ID}@{self.config.revision}): {self._how_to_fetch()}") from exc
-
-    def _how_to_fetch(self) -> str:
-        rev = f" --revision {self.config.revision}" if self.config.revision != "main" else ""
-        return (f"fetch them with `hf download {self.HUB_ID}{rev} --exclude '*.ckpt' "
-                f"--local-dir DIR/{self.HUB_ID}` on a machine with network, then pass --weights-dir DIR "
-                f"(or --editor-path DIR/{self.HUB_ID})")
 
     # ----------------------------------------------------------------------------- editing
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
