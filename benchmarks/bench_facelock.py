@@ -18,7 +18,6 @@ import json
 import sys
 
 import torch
-
 from guardkit import speed
 
 

@@ -6,6 +6,7 @@ Face models that align by a plain 5-point similarity (ArcFace's 112x112 template
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import numpy as np
@@ -67,16 +68,30 @@ def similarity_align(images: torch.Tensor, faces: Sequence[Face], template: np.n
     if not faces:
         return images.new_zeros((0, images.shape[1], size, size))
     _, _, height, width = images.shape
-    thetas = []
-    for face in faces:
-        # chip -> photo map, in the normalised [-1, 1] coordinates of grid_sample (align_corners=True)
-        to_chip = similarity_transform(*correspondences(face, np.asarray(template, dtype=np.float64)))
-        full = np.vstack([to_chip, [0, 0, 1]])
-        to_photo = np.linalg.inv(full)
-        norm_chip = np.array([[(size - 1) / 2, 0, (size - 1) / 2], [0, (size - 1) / 2, (size - 1) / 2], [0, 0, 1]])
-        norm_photo = np.array([[2 / (width - 1), 0, -1], [0, 2 / (height - 1), -1], [0, 0, 1]])
-        thetas.append((norm_photo @ to_photo @ norm_chip)[:2])
-    theta = torch.tensor(np.stack(thetas), dtype=images.dtype, device=images.device)
+    theta = face_thetas(faces, template, size, height, width, images.device, images.dtype)
     source = images[[f.image_index for f in faces]]
     grid = F.affine_grid(theta, [len(faces), images.shape[1], size, size], align_corners=True)
     return F.grid_sample(source, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+
+
+@torch.compiler.disable  # host work: outside any compiled graph, and its cache honoured
+def face_thetas(faces: Sequence[Face], template: np.ndarray, size: int, height: int, width: int,
+                device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """grid_sample thetas [N,2,3] mapping the ``size`` chip of each face to the photo, cached per face set."""
+    key = tuple((f.scheme, tuple(map(tuple, np.asarray(f.landmarks, dtype=np.float64)))) for f in faces)
+    return _thetas(key, tuple(map(tuple, np.asarray(template, dtype=np.float64))), size, height, width, device, dtype)
+
+
+@functools.lru_cache(maxsize=256)
+def _thetas(faces: tuple[tuple[str, tuple[tuple[float, ...], ...]], ...], template: tuple[tuple[float, ...], ...],
+            size: int, height: int, width: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """The chip -> photo affine maps of ``faces`` as grid_sample thetas [N,2,3], computed once per face set
+    (no host work and no host-to-device copy inside an optimisation loop)."""
+    chip_norm = np.array([[(size - 1) / 2, 0, (size - 1) / 2], [0, (size - 1) / 2, (size - 1) / 2], [0, 0, 1]])
+    photo_norm = np.array([[2 / (width - 1), 0, -1], [0, 2 / (height - 1), -1], [0, 0, 1]])
+    thetas = []
+    for scheme, landmarks in faces:
+        face = Face(0, (0.0, 0.0, 0.0, 0.0), landmarks, scheme)  # type: ignore[arg-type]
+        to_chip = np.vstack([similarity_transform(*correspondences(face, np.asarray(template))), [0, 0, 1]])
+        thetas.append((photo_norm @ np.linalg.inv(to_chip) @ chip_norm)[:2])
+    return torch.tensor(np.stack(thetas), dtype=dtype, device=device)

@@ -9,11 +9,10 @@ and random purifications can be drawn each step (EOT) so the protection survives
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 import torch
-
 from guardkit.attack import combine, pgd
 from guardkit.config import Budget, RunConfig
 from guardkit.eot import parse_eot, random_purification

@@ -36,11 +36,13 @@ import tempfile
 import threading
 import time
 import warnings
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import torch
+from typing_extensions import Self
 
 AUTOCAST_MODES: dict[str, torch.dtype | None] = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -128,7 +130,7 @@ class StepCompiler:
             if first and x.requires_grad:  # compile the backward now, where its failure can be caught
                 torch.autograd.grad(value.sum(), x, retain_graph=True)
             return value
-        except Exception as exc:  # dynamo/inductor raise many types; any of them means "run eagerly"
+        except Exception as exc:  # noqa: BLE001 - dynamo/inductor raise many types: any means "run eagerly"
             self.failed = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:200]}"
             warnings.warn(f"torch.compile of the per-step objective failed ({self.failed}); running eagerly",
                           RuntimeWarning, stacklevel=2)
@@ -172,7 +174,7 @@ class PeakMemory:
             self.peak = max(self.peak, _rss_bytes())
             self._stop.wait(self.interval)
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> Self:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -279,19 +281,18 @@ def table(rows: Sequence[Measurement], title: str = "") -> str:
 
 # ============================================================================= benchmark parts
 #: Stable Diffusion 1.x's VAE (diffusers ``AutoencoderKL``, as in runwayml SD 1.5 and InstructPix2Pix).
-SD15_VAE = dict(
-    in_channels=3, out_channels=3,
-    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-    block_out_channels=(128, 256, 512, 512), layers_per_block=2, act_fn="silu", latent_channels=4,
-    norm_num_groups=32, sample_size=512, scaling_factor=0.18215,
-)
+SD15_VAE = {
+    "in_channels": 3, "out_channels": 3,
+    "down_block_types": ("DownEncoderBlock2D",) * 4, "up_block_types": ("UpDecoderBlock2D",) * 4,
+    "block_out_channels": (128, 256, 512, 512), "layers_per_block": 2, "act_fn": "silu", "latent_channels": 4,
+    "norm_num_groups": 32, "sample_size": 512, "scaling_factor": 0.18215,
+}
 
 
 def random_sd_vae(device: torch.device | str = "cpu", *, config: dict | None = None, seed: int = 0,
                   gradient_checkpointing: bool = False):
     """An ``sd-vae`` encoder part holding the SD 1.5 VAE architecture with seeded random weights."""
     import diffusers
-
     from guardkit.config import RunConfig
     from guardkit.plugins.encoders.sd_vae import SDVAE
 
@@ -502,7 +503,7 @@ def facelock_bench(*, device: str = "cpu", resolution: int = 512, steps: int = 1
     encoder = random_sd_vae(dev, gradient_checkpointing=gradient_checkpointing)
     model = random_face_model(face_model, dev)
     lpips_module = random_lpips(dev)
-    batches = sorted(set(int(b) for b in batches))
+    batches = sorted({int(b) for b in batches})
     images, faces = synthetic_portraits(max(batches + [1]), resolution, dev)
     one, one_faces = images[:1], faces[:1]
     modules = [encoder.vae, model.net, lpips_module]
@@ -554,16 +555,19 @@ def facelock_bench(*, device: str = "cpu", resolution: int = 512, steps: int = 1
 DEFAULT_PORTRAIT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "faces" / "obama.jpg"
 
 
-def padded_photo(image, megapixels: float):
+def padded_photo(image, megapixels: float, centre: tuple[float, float] | None = None):
     """``image`` (H,W,3 uint8) cropped or padded (a border of its mean colour) around its centre to about
-    ``megapixels`` with the same aspect ratio, the face keeping its size in pixels."""
+    ``megapixels`` with the same aspect ratio, the face keeping its size in pixels. A crop is centred
+    on ``centre`` (x, y: the face; default the photo's centre), kept inside the photo."""
     import numpy as np
 
     h, w = image.shape[:2]
     k = (megapixels * 1e6 / (h * w)) ** 0.5
-    th, tw = max(int(round(h * k)), 16), max(int(round(w * k)), 16)
-    if k < 1:  # crop around the centre (the face of a portrait)
-        y0, x0 = (h - th) // 2, (w - tw) // 2
+    th, tw = max(round(h * k), 16), max(round(w * k), 16)
+    if k < 1:  # crop around the face
+        cx, cy = centre if centre is not None else (w / 2, h / 2)
+        x0 = int(min(max(cx - tw / 2, 0), w - tw))
+        y0 = int(min(max(cy - th / 2, 0), h - th))
         return np.ascontiguousarray(image[y0:y0 + th, x0:x0 + tw])
     py, px = th - h, tw - w
     out = np.empty((th, tw, 3), dtype=image.dtype)
@@ -581,7 +585,6 @@ def fr_cloak_bench(*, photo: str | Path | None = None, megapixels: Sequence[floa
     Each row: megapixels, faces, median seconds (find + protect + save, models loaded beforehand),
     median protect seconds (the engine's own per-photo time), and peak / rise of RSS (MB)."""
     import numpy as np
-
     from guardkit.config import Budget, RunConfig
     from guardkit.engine import Engine
     from guardkit.imageio import load_rgb, save_image
@@ -593,11 +596,16 @@ def fr_cloak_bench(*, photo: str | Path | None = None, megapixels: Sequence[floa
     image = load_rgb(photo)
     run = RunConfig(threads=threads) if steps is None else RunConfig(budget=Budget(steps=steps), threads=threads)
     engine = Engine()
-    engine.build_method("fr-cloak", run)  # load the models once, outside the timings
+    _, _, finder = engine.build_method("fr-cloak", run)  # load the models once, outside the timings
+    found = finder.find(image)
+    if not found:
+        raise RuntimeError(f"fr-cloak bench: no face found in {photo}")
+    box = found[0].box
+    centre = ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2)
     rows = []
     with tempfile.TemporaryDirectory(prefix="guardkit-bench-") as tmp:
         for mp in megapixels:
-            sized = image if mp <= 0 else padded_photo(image, mp)
+            sized = image if mp <= 0 else padded_photo(image, mp, centre)
             path = Path(tmp) / f"photo_{sized.shape[1]}x{sized.shape[0]}.png"
             save_image(np.ascontiguousarray(sized), path)
             totals, protects, faces = [], [], 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import typer
 
+from guardkit.cli import bench as _bench
 from guardkit.cli import edit as _edit
 from guardkit.cli import evaluate as _evaluate
 from guardkit.cli import methods as _methods
@@ -29,6 +30,7 @@ app.add_typer(_methods.app, name="methods")
 app.command("eval")(_evaluate.eval_command)
 app.command("verify")(_evaluate.verify_command)
 app.command("edit")(_edit.edit_command)
+app.add_typer(_bench.app, name="bench")
 
 
 def main() -> None:

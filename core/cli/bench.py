@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
-
 from guardkit.cli._options import JsonOpt, err_console, one_line_errors, out_console
 
 app = typer.Typer(help="Benchmarks: FaceLock's released loop vs guardkit's facelock; fr-cloak vs photo size.",
@@ -40,20 +39,19 @@ def facelock_command(
     steps: Annotated[int, typer.Option(help="PGD steps.")] = 100,
     batch: Annotated[str, typer.Option(help="Batch sizes of guardkit's fast path, comma-separated.")] = "1,4,8",
     face_model: Annotated[str, typer.Option("--face-model", help="arcface (random IResNet-50) or tiny.")] = "arcface",
-    autocast: Annotated[Optional[str], typer.Option(help="Fast path autocast: none, bf16, fp16, or several "
+    autocast: Annotated[str | None, typer.Option(help="Fast path autocast: none, bf16, fp16, or several "
                                                          "('none,bf16'); default bf16 on cuda, none on cpu.")] = None,
     channels_last: Annotated[bool, typer.Option("--channels-last/--no-channels-last",
                                                 help="Fast path in channels-last.")] = True,
     compile: Annotated[bool, typer.Option("--compile", help="Fast path with torch.compile.")] = False,
     checkpointing: Annotated[bool, typer.Option("--checkpointing", help="VAE gradient checkpointing.")] = False,
     repeats: Annotated[int, typer.Option(help="Timed runs per configuration (median reported).")] = 1,
-    threads: Annotated[Optional[int], typer.Option(help="torch CPU threads.")] = None,
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """(a) FaceLock's released loop (fp16 on cuda, batch 1) vs (b) guardkit's facelock (fp32 batch 1, and
     the fast path per batch size), random-weight SD 1.5 VAE + LPIPS-alex + face model, in this process."""
     import torch
-
     from guardkit import speed
     if threads:
         torch.set_num_threads(threads)
@@ -73,10 +71,10 @@ def facelock_command(
 @app.command("fr-cloak")
 @one_line_errors
 def fr_cloak_command(
-    photo: Annotated[Optional[Path], typer.Option(help="Portrait (default: the shared obama.jpg).")] = None,
+    photo: Annotated[Path | None, typer.Option(help="Portrait (default: the shared obama.jpg).")] = None,
     megapixels: Annotated[str, typer.Option(help="Sizes, comma-separated (0: the photo as it is); "
                                                  "padded/cropped around the face.")] = "0.25,1,4,12",
-    steps: Annotated[Optional[int], typer.Option(help="PGD steps (default: the method's).")] = None,
+    steps: Annotated[int | None, typer.Option(help="PGD steps (default: the method's).")] = None,
     repeats: Annotated[int, typer.Option(help="Runs per size (median reported).")] = 1,
     threads: Annotated[int, typer.Option(help="torch CPU threads.")] = 2,
     as_json: JsonOpt = False,

@@ -1,0 +1,176 @@
+"""The fast paths of the encoder loop (channels-last, bf16 autocast, torch.compile and its fallback) give
+protections that score like the plain fp32 path's on FaceLock's own objective; the port of FaceLock's
+released loop lands in the same range; ``guardkit bench`` runs. Tiny parts on CPU. No timing is asserted:
+speed is measured in benchmarks/, never here.
+
+Tolerance (stated): the fast path's output, scored in fp32 on the full FaceLock objective, is within
+10% of the plain fp32 path's output's score, and both beat the clean photo and a random perturbation of
+the same budget.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+import torch
+from guardkit import speed
+from guardkit.attack import project
+from guardkit.config import Budget
+from guardkit.errors import ConfigError
+from guardkit.latent_attack import LatentAttackConfig
+from guardkit.plugins.encoders.sd_vae import SDVAE
+from guardkit.testing import TinyFaceModel, save_tiny_vae
+
+RES = 32
+EPS = 8 / 255
+STEPS = 8
+TOLERANCE = 0.10
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def parts(tmp_path_factory):
+    encoder = SDVAE(path=str(save_tiny_vae(tmp_path_factory.mktemp("vae") / "vae", "sd-vae")))
+    encoder.load()
+    face_model = TinyFaceModel()
+    face_model.load()
+    return encoder, face_model, speed.random_lpips()
+
+
+@pytest.fixture
+def photos(parts):
+    yield speed.synthetic_portraits(2, RES, seed=3)
+    encoder, face_model, lpips = parts
+    speed.set_layout([encoder.vae, face_model.net, lpips], False)  # a channels-last test converted them
+
+
+def protect(parts, images, faces, **options):
+    encoder, face_model, lpips = parts
+    method, _ = speed.guardkit_facelock(encoder, face_model, lpips, resolution=RES, steps=STEPS, **options)
+    budget = Budget(eps=EPS, steps=STEPS)
+    return project(method.protect(images, faces, budget), images, budget)
+
+
+def score(parts, clean, adv, faces):
+    encoder, face_model, lpips = parts
+    return speed.facelock_objective(encoder, face_model, lpips, clean, adv, faces)
+
+
+def noise_of(images):
+    gen = torch.Generator().manual_seed(11)
+    return project(images + (torch.rand(images.shape, generator=gen) * 2 - 1) * EPS, images, Budget(eps=EPS))
+
+
+def test_defaults_are_the_plain_loop():
+    config = LatentAttackConfig()
+    assert (config.autocast, config.channels_last, config.compile) == ("none", False, False)
+    with pytest.raises(ConfigError, match="autocast"):
+        LatentAttackConfig(autocast="fp8")
+
+
+@pytest.mark.parametrize("options", [{"channels_last": True}, {"autocast": "bf16"},
+                                     {"autocast": "bf16", "channels_last": True}],
+                         ids=["channels-last", "bf16", "bf16+channels-last"])
+def test_fast_path_scores_like_the_plain_path(parts, photos, options):
+    images, faces = photos
+    plain = protect(parts, images, faces)
+    fast = protect(parts, images, faces, **options)
+    assert (fast - images).abs().max() <= EPS + 1e-6 and fast.min() >= 0 and fast.max() <= 1
+    s_plain, s_fast = score(parts, images, plain, faces), score(parts, images, fast, faces)
+    s_clean, s_noise = score(parts, images, images, faces), score(parts, images, noise_of(images), faces)
+    assert torch.isfinite(s_fast).all()
+    assert ((s_fast - s_plain).abs() <= TOLERANCE * s_plain.abs()).all(), (s_fast, s_plain)
+    assert (s_plain > s_clean).all() and (s_fast > s_clean).all(), (s_plain, s_fast, s_clean)
+    assert (s_plain > s_noise).all() and (s_fast > s_noise).all(), (s_plain, s_fast, s_noise)
+
+
+def test_compile_failure_falls_back_to_the_eager_loop(parts, photos, monkeypatch):
+    images, faces = photos
+    plain = protect(parts, images, faces)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(torch, "compile", broken)
+    with pytest.warns(RuntimeWarning, match="running eagerly"):
+        compiled = protect(parts, images, faces, compile=True)
+    assert torch.equal(compiled, plain)
+
+
+def test_compiled_step_scores_like_the_plain_path(parts, photos, monkeypatch):
+    """The compiled path itself, with the quick ``aot_eager`` backend (inductor is the default)."""
+    monkeypatch.setenv("GUARDKIT_COMPILE_BACKEND", "aot_eager")
+    torch._dynamo.reset()
+    images, faces = photos
+    plain = protect(parts, images, faces)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # a fallback would warn: fail instead
+        compiled = protect(parts, images, faces, compile=True)
+    s_plain, s_compiled = score(parts, images, plain, faces), score(parts, images, compiled, faces)
+    assert ((s_compiled - s_plain).abs() <= TOLERANCE * s_plain.abs()).all(), (s_compiled, s_plain)
+
+
+def test_reference_loop_lands_in_the_same_range(parts, photos):
+    encoder, face_model, lpips = parts
+    images, faces = photos
+    x, face = images[:1], faces[:1]
+    # the released code's units are [-1, 1]: eps doubles; its step is eps / 3, decayed to a hundredth
+    ref = speed.reference_facelock(x, face, vae=encoder.vae, face_model=face_model, lpips=lpips,
+                                   eps=2 * EPS, step_size=2 * EPS / 3, iters=STEPS)
+    assert ref.shape == x.shape and (ref - x).abs().max() <= EPS + 1e-5
+    ours = protect(parts, x, face)
+    s_ref, s_ours, s_clean = score(parts, x, ref, face), score(parts, x, ours, face), score(parts, x, x, face)
+    assert (s_ref > s_clean).all() and (s_ours > s_clean).all()
+    assert (s_ref / s_ours > 1 / 3).all() and (s_ref / s_ours < 3).all(), (s_ref, s_ours)
+    with pytest.raises(ValueError, match="batch 1"):
+        speed.reference_facelock(images, faces, vae=encoder.vae, face_model=face_model, lpips=lpips, iters=1)
+
+
+def test_padded_photo_keeps_the_face_size():
+    import numpy as np
+
+    image = np.full((100, 80, 3), 7, dtype=np.uint8)
+    image[40:60, 30:50] = 200
+    big = speed.padded_photo(image, 0.032)
+    assert big.shape[:2] == (200, 160) and (big == 200).all(axis=2).sum() == 400
+    small = speed.padded_photo(image, 0.002)
+    assert small.shape[:2] == (50, 40) and (small == 200).all(axis=2).sum() == 400
+
+
+def _bench_app():
+    import typer
+    from guardkit.cli import app
+
+    if any(group.name == "bench" for group in app.registered_groups):
+        return app
+    from guardkit.cli import bench
+
+    local = typer.Typer()
+    local.add_typer(bench.app, name="bench")
+    return local
+
+
+def test_bench_command_runs():
+    from typer.testing import CliRunner
+
+    result = CliRunner().invoke(_bench_app(), ["bench", "facelock", "--resolution", "32", "--steps", "2", "--device",
+                                               "cpu", "--batch", "1", "--face-model", "tiny", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    names = [row["name"] for row in report["rows"]]
+    assert names[0] == "reference (released loop)" and "guardkit fp32" in names
+    assert names[-1] == "guardkit fp32+channels-last" and report["resolution"] == 32
+    for row in report["rows"]:
+        assert row["seconds_per_image"] > 0 and row["images_per_second"] > 0 and row["peak_mb"] > 0
+        assert row["ratio"] > 0
+    bad = CliRunner().invoke(_bench_app(), ["bench", "facelock", "--resolution", "32", "--autocast", "fp8"])
+    assert bad.exit_code == 2 and "autocast" in bad.output
