@@ -281,77 +281,60 @@ def table(rows: Sequence[Measurement], title: str = "") -> str:
 
 # ============================================================================= benchmark parts
 #: Stable Diffusion 1.x's VAE (diffusers ``AutoencoderKL``, as in runwayml SD 1.5 and InstructPix2Pix).
-SD15_VAE = {
-    "in_channels": 3, "out_channels": 3,
-    "down_block_types": ("DownEncoderBlock2D",) * 4, "up_block_types": ("UpDecoderBlock2D",) * 4,
-    "block_out_channels": (128, 256, 512, 512), "layers_per_block": 2, "act_fn": "silu", "latent_channels": 4,
-    "norm_num_groups": 32, "sample_size": 512, "scaling_factor": 0.18215,
-}
+def _parts(registry: Any = None) -> Any:
+    """The registry the benchmark parts come from (core never imports plugins: built-ins come through
+    their entry points like any third-party part)."""
+    if registry is not None:
+        return registry
+    from guardkit.engine import Engine
+
+    return Engine().registry
 
 
 def random_sd_vae(device: torch.device | str = "cpu", *, config: dict | None = None, seed: int = 0,
-                  gradient_checkpointing: bool = False):
-    """An ``sd-vae`` encoder part holding the SD 1.5 VAE architecture with seeded random weights."""
-    import diffusers
+                  gradient_checkpointing: bool = False, registry: Any = None):
+    """An ``sd-vae`` encoder part holding the SD 1.5 VAE architecture (or ``config``) with seeded random weights."""
     from guardkit.config import RunConfig
-    from guardkit.plugins.encoders.sd_vae import SDVAE
 
-    device = torch.device(device)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        vae = diffusers.AutoencoderKL(**(config or SD15_VAE))
-    vae.to(device).eval().requires_grad_(False)
-    if gradient_checkpointing:
-        vae.enable_gradient_checkpointing()
-    encoder = SDVAE(RunConfig(device=str(device)))
-    encoder.vae = vae  # load() is then a no-op
-    return encoder
+    factory = _parts(registry).get("encoder", "sd-vae").factory
+    return factory.random(RunConfig(device=str(torch.device(device))), seed=seed, config=config,
+                          gradient_checkpointing=gradient_checkpointing)
 
 
-def random_face_model(kind: str = "arcface", device: torch.device | str = "cpu", seed: int = 0):
+def random_face_model(kind: str = "arcface", device: torch.device | str = "cpu", seed: int = 0,
+                      registry: Any = None):
     """A face model part with random weights: ``arcface`` (IResNet-50 at 112, the ONNX layout) or ``tiny``."""
     from guardkit.config import RunConfig
+    from guardkit.errors import ConfigError
 
-    device = torch.device(device)
+    run = RunConfig(device=str(torch.device(device)))
     if kind == "tiny":
         from guardkit.testing import TinyFaceModel
 
-        model = TinyFaceModel(RunConfig(device=str(device)))
+        model = TinyFaceModel(run)
         model.load()
         return model
     if kind != "arcface":
-        from guardkit.errors import ConfigError
-
         raise ConfigError(f"face model for the benchmark: 'arcface' or 'tiny', got {kind!r}")
-    from guardkit.plugins.face_models.arcface_onnx import ArcFaceONNX, IResNet
-
-    model = ArcFaceONNX(RunConfig(device=str(device)))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        net = IResNet((3, 4, 14, 3), fused=True)
-    model.net = net.to(device).eval().requires_grad_(False)
-    return model
+    return _parts(registry).get("face_model", "arcface").factory.random(run, seed=seed)
 
 
-def random_lpips(device: torch.device | str = "cpu", net: str = "alex"):
+def random_lpips(device: torch.device | str = "cpu", net: str = "alex", registry: Any = None):
     """The LPIPS module with seeded random backbone and heads (timing and tests only)."""
-    from guardkit.plugins.losses.lpips import LPIPS
+    loss = _parts(registry).get("loss", "lpips").factory(net=net, random_backbone=True, random_heads=True)
+    return loss.lpips(torch.empty(0, device=torch.device(device)))
 
-    return LPIPS(net, random_backbone=True, random_heads=True).to(torch.device(device))
 
-
-def facelock_losses(lpips_module: torch.nn.Module | None = None) -> list:
+def facelock_losses(lpips_module: torch.nn.Module | None = None, registry: Any = None) -> list:
     """FaceLock's three terms as guardkit builds them; ``lpips_module`` is shared when given."""
-    from guardkit.plugins.losses.face import FaceCosine
-    from guardkit.plugins.losses.latent import LatentL2
-    from guardkit.plugins.losses.lpips import LpipsLoss
     from guardkit.types import WeightedLoss
 
-    lpips = LpipsLoss(random_backbone=True, random_heads=True)
+    parts = _parts(registry)
+    lpips = parts.get("loss", "lpips").factory(random_backbone=True, random_heads=True)
     if lpips_module is not None:
         lpips.module = lpips_module
-    return [WeightedLoss(1.0, FaceCosine(), "face-cosine"), WeightedLoss(1.0, lpips, "lpips"),
-            WeightedLoss(0.2, LatentL2(), "latent-l2")]
+    return [WeightedLoss(1.0, parts.get("loss", "face-cosine").factory(), "face-cosine"),
+            WeightedLoss(1.0, lpips, "lpips"), WeightedLoss(0.2, parts.get("loss", "latent-l2").factory(), "latent-l2")]
 
 
 def synthetic_portraits(batch: int, size: int, device: torch.device | str = "cpu", seed: int = 0):
@@ -439,12 +422,13 @@ def guardkit_facelock(encoder: Any, face_model: Any, lpips_module: torch.nn.Modu
     """guardkit's ``facelock`` method on the given parts; ``options``: ``LatentAttackConfig`` fields
     (``autocast``, ``channels_last``, ``compile``, ...). Returns ``(method, budget)``."""
     from guardkit.config import Budget, RunConfig
-    from guardkit.plugins.methods.facelock import FaceLock
 
+    registry = _parts(None)
     device = next(encoder.vae.parameters()).device
     run = RunConfig(device=str(device), seed=seed)
-    method = FaceLock(run, encoder=encoder, face_model=face_model, losses=facelock_losses(lpips_module),
-                      resolution=resolution, **options)
+    method = registry.get("method", "facelock").factory(
+        run, encoder=encoder, face_model=face_model, losses=facelock_losses(lpips_module, registry),
+        resolution=resolution, **options)
     return method, Budget(eps=eps, steps=steps)
 
 

@@ -73,6 +73,34 @@ class DiffusersVAE:
         self.shift_factor = self.SHIFT_FACTOR
         self._generator: torch.Generator | None = None
 
+    #: the architecture ``random`` builds: the real SD 1.x VAE layout (FLUX's differs in latent layout only)
+    ARCHITECTURE: ClassVar[dict[str, Any]] = {
+        "in_channels": 3, "out_channels": 3, "down_block_types": ("DownEncoderBlock2D",) * 4,
+        "up_block_types": ("UpDecoderBlock2D",) * 4, "block_out_channels": (128, 256, 512, 512),
+        "layers_per_block": 2, "act_fn": "silu", "norm_num_groups": 32, "sample_size": 512,
+    }
+    LATENT_CONFIG: ClassVar[dict[str, Any]] = {}
+
+    @classmethod
+    def random(cls, run: RunConfig | None = None, *, seed: int = 0, config: dict[str, Any] | None = None,
+               **options: Any) -> "DiffusersVAE":
+        """The real architecture (or ``config``) with seeded random weights, loaded: for benchmarks and
+        tests, where timing and shapes do not depend on weight values. Never for protecting photos."""
+        import diffusers
+
+        part = cls(run, **options)
+        architecture = config or {**cls.ARCHITECTURE, "latent_channels": cls.latent_channels,
+                                  "scaling_factor": cls.SCALING_FACTOR, "shift_factor": cls.SHIFT_FACTOR or None,
+                                  **cls.LATENT_CONFIG}
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            vae = diffusers.AutoencoderKL(**architecture)
+        vae.to(device=part.run.torch_device(), dtype=part.run.torch_dtype()).eval().requires_grad_(False)
+        if part.config.gradient_checkpointing:
+            vae.enable_gradient_checkpointing()
+        part.vae = vae
+        return part
+
     # ----------------------------------------------------------------------------- loading
     def load(self) -> None:
         if self.vae is not None:

@@ -70,3 +70,14 @@ def test_readme_opens_with_install_and_test_commands_that_ci_runs():
     ci = (REPO / ".ci" / "run").read_text()
     for command in commands:
         assert command in ci, f"CI does not run the README's command: {command}"
+
+
+def test_core_never_imports_plugins():
+    """Built-ins are found through entry points like third-party parts; core does not know them."""
+    offenders = []
+    for path in (REPO / "core").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            offenders += [f"{path.relative_to(REPO)}: {n}" for n in names if n.startswith("guardkit.plugins")]
+    assert offenders == []

@@ -8,7 +8,7 @@ Example: ``z = FluxVAE(RunConfig(dtype="bfloat16"), path="weights/flux/vae").enc
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from guardkit import hookimpl
 from guardkit.vae import DiffusersVAE, VAEConfig
@@ -24,6 +24,7 @@ class FluxVAE(DiffusersVAE):
     HUB_ID: ClassVar[str] = "black-forest-labs/FLUX.1-dev"
     SCALING_FACTOR: ClassVar[float] = 0.3611
     SHIFT_FACTOR: ClassVar[float] = 0.1159
+    LATENT_CONFIG: ClassVar[dict[str, Any]] = {"use_quant_conv": False, "use_post_quant_conv": False}
 
 
 @hookimpl

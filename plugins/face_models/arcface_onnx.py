@@ -530,6 +530,18 @@ class ArcFaceONNX:
         pack = self.config.pack or KNOWN_FILES.get(self.config.file)
         return locate_insightface_file(self.config.file, pack, self.run.weights_dir, "ArcFace")
 
+    @classmethod
+    def random(cls, run: RunConfig | None = None, *, seed: int = 0, layers: tuple[int, ...] = (3, 4, 14, 3),
+               **options: Any) -> "ArcFaceONNX":
+        """IResNet (default: the buffalo_l IResNet-50 layout) with seeded random weights, loaded: for
+        benchmarks and tests, where timing does not depend on weight values. ``embed_onnx`` is unavailable."""
+        part = cls(run, **options)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            net = IResNet(layers, fused=True)
+        part.net = net.to(part.run.torch_device()).eval().requires_grad_(False)
+        return part
+
     def load(self) -> None:
         if self.net is not None:
             return
