@@ -24,14 +24,16 @@ from PIL import Image
 
 from guardkit.weights import DLIB_MMOD, DLIB_RESNET, DLIB_SHAPE5, locate_dlib_file
 
-# probe file -> (reference file, which face of the reference: "largest" or "smallest")
-PAIRS = {
-    "obama2.jpg": ("obama.jpg", "largest"),
-    "obama.jpg": ("obama2.jpg", "largest"),
-    "two_people.jpg": ("obama.jpg", "largest"),
-    "biden.jpg": ("two_people.jpg", "largest"),
-    "obama_small.jpg": ("obama.jpg", "largest"),
-}
+# (probe file, reference file, which face of the reference: "largest" or "smallest"); a probe with two
+# people is judged once per person, each against a photo of that person
+PAIRS = [
+    ("obama2.jpg", "obama.jpg", "largest"),
+    ("obama.jpg", "obama2.jpg", "largest"),
+    ("two_people.jpg", "obama.jpg", "largest"),
+    ("two_people.jpg", "biden.jpg", "largest"),
+    ("biden.jpg", "two_people.jpg", "largest"),
+    ("obama_small.jpg", "obama.jpg", "largest"),
+]
 THRESHOLD = 0.6
 
 
@@ -67,7 +69,7 @@ def jpeg75(image: np.ndarray) -> np.ndarray:
 def judge(protected_dir: Path, faces_dir: Path) -> list[dict]:
     j = DlibJudge()
     rows = []
-    for probe, (ref_name, which) in PAIRS.items():
+    for probe, ref_name, which in PAIRS:
         protected = protected_dir / (Path(probe).stem + ".protected.png")
         if not protected.exists():
             continue

@@ -40,8 +40,9 @@ def batch():
     return images, faces
 
 
-def cloak(model, seed=0, steps=12, eot=2) -> FrCloak:
-    return FrCloak(RunConfig(seed=seed), face_model=model, losses=[WeightedLoss(1.0, FaceCosine(), "face-cosine")], eot_draws=eot)
+def cloak(model, seed=0, steps=12, eot=2, purify="") -> FrCloak:
+    return FrCloak(RunConfig(seed=seed), face_model=model, losses=[WeightedLoss(1.0, FaceCosine(), "face-cosine")],
+                   eot_draws=eot, eot=purify)
 
 
 def dissimilarity(model, clean, adv, faces):
@@ -144,3 +145,13 @@ def test_view_caches_forward_terms(model, batch):
     view = View(images, images.clone(), faces, face_model=Counting())
     FaceCosine()(view), FaceCosine()(view)
     assert calls == [3, 3]  # adv embeddings once, clean reference once
+
+
+def test_jpeg_eot_runs_every_other_step_within_budget(model, batch):
+    images, faces = batch
+    budget = Budget(eps=EPS, steps=4)
+    with_jpeg = cloak(model, purify="jpeg").protect(images, faces, budget)
+    without = cloak(model).protect(images, faces, budget)
+    assert not torch.equal(with_jpeg, without)
+    assert (with_jpeg - images).abs().max() <= EPS + 1e-6
+    assert torch.equal(with_jpeg, cloak(model, purify="jpeg").protect(images, faces, budget))
