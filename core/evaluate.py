@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from guardkit.config import RunConfig
-from guardkit.errors import GuardkitError, NoFaceError
+from guardkit.errors import ConfigError, GuardkitError, NoFaceError
 from guardkit.imageio import collect_inputs, is_done, load_rgb, save_image
 from guardkit.prompts import prompt_group
 from guardkit.specs import parse_spec
@@ -44,7 +44,7 @@ class EvalConfig:
     seeds: Sequence[int] = (0,)
     size: int = 512
     encoder: str | None = None
-    method_face_model: str = "dlib"
+    ensemble: Sequence[str] = ("dlib",)  # face models the methods attack; others are reported as held out
     method_options: dict[str, Any] = field(default_factory=dict)
     editor_options: dict[str, Any] = field(default_factory=dict)
     part_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # for the methods' parts
@@ -66,13 +66,16 @@ def _to_tensor(array: np.ndarray, device):
 
 def _edit(editor, image: np.ndarray, prompt: str, seed: int, device) -> np.ndarray:
     """The editor's output at the evaluation size (editors may work at their own resolution)."""
+    return _fit(editor.edit(_to_tensor(image, device), prompt, seed=seed), image)
+
+
+def _fit(edited, like: np.ndarray) -> np.ndarray:
     import torch.nn.functional as F
 
-    out = editor.edit(_to_tensor(image, device), prompt, seed=seed)
-    if out.shape[-2:] != image.shape[:2]:
-        out = F.interpolate(out.float(), size=image.shape[:2], mode="bilinear", align_corners=False,
-                            antialias=True)
-    return _to_array(out)
+    if edited.shape[-2:] != like.shape[:2]:
+        edited = F.interpolate(edited.float(), size=like.shape[:2], mode="bilinear", align_corners=False,
+                               antialias=True)
+    return _to_array(edited)
 
 
 def _to_array(tensor) -> np.ndarray:
@@ -192,7 +195,8 @@ def evaluate(engine, inputs: Sequence[str | Path], config: EvalConfig, out_dir: 
         spec = engine.registry.get("metric", name)
         uses_face_model = name in ("fr", "fr-distance", "asr")
         for model_name, model in (face_model_parts.items() if uses_face_model else [(None, None)]):
-            label = f"{name}@{model_name}" if model_name else name
+            held_out = model_name is not None and model_name not in config.ensemble
+            label = f"{name}@{model_name}" + (" (held-out)" if held_out else "") if model_name else name
             try:
                 metric = spec.factory(run, face_model=model) if model is not None else spec.factory(run)
                 metric.load()
@@ -203,17 +207,72 @@ def evaluate(engine, inputs: Sequence[str | Path], config: EvalConfig, out_dir: 
         warn(f"{what} unavailable: {why}")
 
     protectors: dict[str, Any] = {}
+    edit_methods = set(engine.registry.names("edit_method"))
+    for method in config.methods:
+        if method in edit_methods and editor is None:
+            raise ConfigError(f"edit method {method!r} edits the photo: give it an --editor (flux-edit)")
 
     def protect(method: str, square: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
         from guardkit.attack import project
 
         if method not in protectors:
-            protectors[method] = engine.build_method(method, run, face_model=config.method_face_model,
+            protectors[method] = engine.build_method(method, run, face_model=config.ensemble[0],
                                                      encoder=config.encoder, options=config.method_options,
                                                      part_options=config.part_options)[0]
         clean = _to_tensor(square, device)
         return _to_array(project(protectors[method].protect(clean, faces, run.budget).detach().float(), clean,
                                  run.budget))
+
+    def guarded_edit(method: str, square: np.ndarray, faces: Sequence[Face], prompt: str, seed: int) -> np.ndarray:
+        """An edit method's privacy-preserving edit, against the ensemble of ``config.ensemble``."""
+        if method not in protectors:
+            models = [engine.registry.get("face_model", n).factory(run) for n in config.ensemble]
+            parser = engine.registry.get("face_parser", "landmarks").factory(run)
+            protectors[method] = engine.registry.get("edit_method", method).factory(
+                run, editor=editor, face_models=models, face_parser=parser, **config.method_options)
+            protectors[method].load()
+        edited, _ = protectors[method].protect(_to_tensor(square, device), faces, prompt, seed=seed)
+        return _fit(edited, square)
+
+    def purified(image: np.ndarray, purifier: Any) -> np.ndarray:
+        generator = torch.Generator(device=device).manual_seed(run.seed)
+        return _to_array(purifier.purify(_to_tensor(image, device), generator))
+
+    def samples(path: Path, square: np.ndarray, faces: Sequence[Face]):
+        """(key, thunk) per sample; the thunk computes (protected, edited, edited_clean) only when needed."""
+        stem = path.stem
+
+        def clean_edit(prompt: str, seed: int) -> np.ndarray:
+            if editor is None:
+                return square
+            return cache.get(["edits", "clean", stem, _slug(prompt), str(seed)],
+                             lambda: _edit(editor, square, prompt, seed, device))
+
+        for method in config.methods:
+            for spec, purifier in purifiers.items():
+                for prompt in config.prompts:
+                    for seed in config.seeds:
+                        key = (path.name, method, spec, prompt, str(seed))
+                        if method in edit_methods:  # the edit is the protection; purified after editing
+                            def thunk(method=method, spec=spec, purifier=purifier, prompt=prompt, seed=seed):
+                                raw = cache.get(["guarded", method, stem, _slug(prompt), str(seed)],
+                                                lambda: guarded_edit(method, square, faces, prompt, seed))
+                                seen = raw if purifier is None else cache.get(
+                                    ["guarded-purified", method, spec, stem, _slug(prompt), str(seed)],
+                                    lambda: purified(raw, purifier))
+                                return seen, seen, clean_edit(prompt, seed)
+                        else:  # protect, purify, then edit
+                            def thunk(method=method, spec=spec, purifier=purifier, prompt=prompt, seed=seed):
+                                protected = square if method == "none" else cache.get(
+                                    ["protected", method, stem], lambda: protect(method, square, faces))
+                                seen = protected if purifier is None else cache.get(
+                                    ["purified", method, spec, stem], lambda: purified(protected, purifier))
+                                if editor is None:
+                                    return seen, seen, square
+                                edited = cache.get(["edits", method, spec, stem, _slug(prompt), str(seed)],
+                                                   lambda: _edit(editor, seen, prompt, seed, device))
+                                return seen, edited, clean_edit(prompt, seed)
+                        yield key, thunk
 
     csv_path = out / "samples.csv"
     rows = _read_rows(csv_path)
@@ -223,8 +282,8 @@ def evaluate(engine, inputs: Sequence[str | Path], config: EvalConfig, out_dir: 
         warn(f"{csv_path} was written with other metrics; starting it again")
         rows, done = [], set()
     write_header = not rows
-    total = len(paths) * len(config.methods) * len(config.purify) * len(config.prompts) * len(config.seeds)
-    count = 0
+    per_photo = len(config.methods) * len(config.purify) * len(config.prompts) * len(config.seeds)
+    total, count = len(paths) * per_photo, 0
     with open(csv_path, "w" if write_header else "a", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=fieldnames)
         if write_header:
@@ -237,50 +296,29 @@ def evaluate(engine, inputs: Sequence[str | Path], config: EvalConfig, out_dir: 
                     raise NoFaceError(f"{path}: no face found")
             except GuardkitError as exc:
                 warn(str(exc))
-                count += len(config.methods) * len(config.purify) * len(config.prompts) * len(config.seeds)
+                count += per_photo
                 continue
             square, square_faces = square_portrait(photo, faces, config.size)
             square = cache.get(["source", path.stem], lambda: square)
             source = _to_tensor(square, device)
-            for method in config.methods:
-                protected = square if method == "none" else cache.get(
-                    ["protected", method, path.stem],
-                    lambda: protect(method, square, square_faces))
-                for spec, purifier in purifiers.items():
-                    def purified_image() -> np.ndarray:
-                        generator = torch.Generator(device=device).manual_seed(run.seed)
-                        return _to_array(purifier.purify(_to_tensor(protected, device), generator))
-
-                    seen = protected if purifier is None else cache.get(["purified", method, spec, path.stem],
-                                                                         purified_image)
-                    for prompt in config.prompts:
-                        for seed in config.seeds:
-                            count += 1
-                            key = (path.name, method, spec, prompt, str(seed))
-                            if key in done:
-                                continue
-                            if editor is None:
-                                edited, edited_clean = seen, square
-                            else:
-                                edited_clean = cache.get(["edits", "clean", path.stem, _slug(prompt), str(seed)],
-                                                         lambda: _edit(editor, square, prompt, seed, device))
-                                edited = cache.get(["edits", method, spec, path.stem, _slug(prompt), str(seed)],
-                                                   lambda: _edit(editor, seen, prompt, seed, device))
-                            batch = EvalBatch(source=source, protected=_to_tensor(seen, device),
-                                              edited=_to_tensor(edited, device),
-                                              edited_clean=_to_tensor(edited_clean, device),
-                                              prompt=prompt, faces=square_faces)
-                            row: dict[str, Any] = dict(zip(CSV_KEYS, key))
-                            row["group"] = prompt_group(prompt)
-                            with torch.no_grad():
-                                for label, metric in metrics.items():
-                                    row[label] = float(metric.score(batch).float().mean())
-                            writer.writerow(row)
-                            fh.flush()
-                            rows.append(row)
-                            done.add(key)
-                            if on_sample:
-                                on_sample(count, total)
+            for key, thunk in samples(path, square, square_faces):
+                count += 1
+                if key in done:
+                    continue
+                seen, edited, edited_clean = thunk()
+                batch = EvalBatch(source=source, protected=_to_tensor(seen, device), edited=_to_tensor(edited, device),
+                                  edited_clean=_to_tensor(edited_clean, device), prompt=key[3], faces=square_faces)
+                row: dict[str, Any] = dict(zip(CSV_KEYS, key))
+                row["group"] = prompt_group(key[3])
+                with torch.no_grad():
+                    for label, metric in metrics.items():
+                        row[label] = float(metric.score(batch).float().mean())
+                writer.writerow(row)
+                fh.flush()
+                rows.append(row)
+                done.add(key)
+                if on_sample:
+                    on_sample(count, total)
     summary = summarise(rows, list(metrics))
     (out / "summary.json").write_text(json.dumps({"summary": summary, "unavailable": unavailable}, indent=2,
                                                  default=_json_float))

@@ -99,3 +99,32 @@ def test_prompt_sets_and_specs():
     assert parse_spec("blur:kernel=5,sigma=1.5") == ("blur", {"kernel": 5, "sigma": 1.5})
     with pytest.raises(ConfigError):
         parse_spec("blur:sigma")
+
+
+def test_eval_runs_flux_guard_and_reports_held_out_face_models(photo_dir, tmp_path):
+    """Edit methods are evaluated too: the privacy-preserving edit against the ensemble (dlib), scored
+    by the ensemble and by a face model held out of it (reported under its own label)."""
+    from test_flux_edit import build_tiny_flux
+
+    from guardkit.config import Budget, RunConfig
+    from guardkit.engine import Engine
+    from guardkit.evaluate import EvalConfig, evaluate
+    from guardkit.testing import TinyFaceModelPlugin
+
+    folder = tmp_path / "flux"
+    build_tiny_flux(folder)
+    engine = Engine(plugins=[TinyFaceModelPlugin()])
+    config = EvalConfig(
+        methods=["none", "flux-guard"], editor="flux-edit", prompts=["a photo of a man with glasses"],
+        purify=["none", "jpeg75"], face_models=["dlib", "tiny"], ensemble=["dlib"], metrics=["fr-distance"],
+        size=96, editor_options={"path": str(folder), "steps": 5, "max_sequence_length": 16, "feature_blocks_from": 0},
+        method_options={"steps": 5, "adv_steps": 2, "blend_start": 1, "iterations": 2, "lpips_random": True},
+    )
+    result = evaluate(engine, [photo_dir], config, tmp_path / "eval", run=RunConfig(budget=Budget(steps=2)))
+    labels = set(result.rows[0]) - {"photo", "method", "purify", "prompt", "seed", "group"}
+    assert labels == {"fr-distance@dlib", "fr-distance@tiny (held-out)"}
+    by = {(r["method"], r["purify"]): r for r in result.rows}
+    assert set(by) == {("none", "none"), ("none", "jpeg75"), ("flux-guard", "none"), ("flux-guard", "jpeg75")}
+    # the guarded edit is farther from the person (dlib: the ensemble) than the plain edit of the same seed
+    assert by[("flux-guard", "none")]["fr-distance@dlib"] > by[("none", "none")]["fr-distance@dlib"]
+    assert (tmp_path / "eval" / "images" / "guarded" / "flux-guard").is_dir()

@@ -36,7 +36,8 @@ def eval_command(
     seeds: Annotated[str, typer.Option(help="Comma-separated seeds of the editor.")] = "0",
     size: Annotated[int, typer.Option(help="Side of the face-centred square every photo is cut to.")] = 512,
     encoder: Annotated[Optional[str], typer.Option(help="Encoder of encoder methods.")] = None,
-    method_fr: Annotated[str, typer.Option(help="Face model the methods attack.")] = "dlib",
+    method_fr: Annotated[str, typer.Option(help="Comma-separated face models the methods attack (the ensemble); "
+                                                "--fr models outside it are reported as held out.")] = "dlib",
     editor_path: Annotated[Optional[Path], typer.Option(help="Local folder of the editor's weights.")] = None,
     encoder_path: Annotated[Optional[Path], typer.Option(help="Local folder of the encoder's weights.")] = None,
     option: Annotated[Optional[list[str]], typer.Option("--option", "-O", help="Method option KEY=VALUE.")] = None,
@@ -66,7 +67,7 @@ def eval_command(
     config = EvalConfig(
         methods=_names(methods), editor=editor, prompts=resolve_prompts(prompts) if editor != "none" else [""],
         purify=_names(purify), face_models=_names(fr), metrics=_names(metrics) if metrics else None,
-        seeds=[int(s) for s in _names(seeds)], size=size, encoder=encoder, method_face_model=method_fr,
+        seeds=[int(s) for s in _names(seeds)], size=size, encoder=encoder, ensemble=_names(method_fr),
         method_options={k: number(v) for k, v in parse_pairs(option, "--option").items()},
         editor_options={**({"path": str(editor_path)} if editor_path else {}),
                         **{k: number(v) for k, v in parse_pairs(editor_option, "--editor-option").items()}},
