@@ -115,10 +115,19 @@ def shift_face(face: Face, dx: float, dy: float) -> Face:
 def face_support(model: FaceModel, images: torch.Tensor, faces: Sequence[Face], margin: int
                  ) -> tuple[int, int, int, int, torch.Tensor]:
     """The pixels that reach any face chip: their bounding box (x0, y0, x1, y1) and a 0/1 mask
-    [B,1,h,w] over that box, found by one backward pass through the model's own alignment."""
-    probe = images.detach().clone().requires_grad_(True)
-    (grad,) = torch.autograd.grad(model.align(probe, faces).sum(), probe)
-    reach = grad.abs().sum(dim=1, keepdim=True) > 0  # [B,1,H,W]
+    [B,1,h,w] over that box, found by one backward pass through the model's own alignment.
+
+    The probe runs on a window of twice each face box's size on every side (a chip never reaches
+    further), so its cost follows the faces, not the photo."""
+    height, width = images.shape[-2:]
+    grow = [max(f.box[2] - f.box[0], f.box[3] - f.box[1]) * 2 + margin + 2 for f in faces]
+    wx0 = max(0, int(min(f.box[0] - g for f, g in zip(faces, grow))))
+    wy0 = max(0, int(min(f.box[1] - g for f, g in zip(faces, grow))))
+    wx1 = min(width, int(max(f.box[2] + g for f, g in zip(faces, grow))) + 1)
+    wy1 = min(height, int(max(f.box[3] + g for f, g in zip(faces, grow))) + 1)
+    probe = images[:, :, wy0:wy1, wx0:wx1].detach().clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(model.align(probe, [shift_face(f, -wx0, -wy0) for f in faces]).sum(), probe)
+    reach = grad.abs().sum(dim=1, keepdim=True) > 0  # [B,1,h,w]
     if margin > 0:
         reach = F.max_pool2d(reach.float(), 2 * margin + 1, stride=1, padding=margin) > 0
     rows = reach.any(dim=0).any(dim=0).any(dim=1).nonzero()
@@ -127,7 +136,7 @@ def face_support(model: FaceModel, images: torch.Tensor, faces: Sequence[Face], 
         raise ValueError("the face model's alignment reads no pixel of the photo")
     y0, y1 = int(rows.min()), int(rows.max()) + 1
     x0, x1 = int(cols.min()), int(cols.max()) + 1
-    return x0, y0, x1, y1, reach[:, :, y0:y1, x0:x1].to(images.dtype)
+    return x0 + wx0, y0 + wy0, x1 + wx0, y1 + wy0, reach[:, :, y0:y1, x0:x1].to(images.dtype)
 
 
 @hookimpl
