@@ -16,7 +16,9 @@ from guardkit.errors import ConfigError, WeightsError
 from guardkit.plugins.losses import latent as latent_mod
 from guardkit.plugins.losses import lpips as lpips_mod
 from guardkit.plugins.losses.latent import DecoderTarget, LatentL2, TargetLatent
-from guardkit.plugins.losses.lpips import HEAD_KEYS, LPIPS, LpipsLoss, LpipsPixelLoss
+from guardkit import lpips as lpips_core
+from guardkit.lpips import HEAD_KEYS, LPIPS
+from guardkit.plugins.losses.lpips import LpipsLoss, LpipsPixelLoss
 from guardkit.registry import Registry, make_plugin_manager
 from guardkit.view import View
 
@@ -251,7 +253,7 @@ def test_missing_weights_are_one_line_weights_errors(tmp_path, monkeypatch):
     with pytest.raises(WeightsError) as info:
         LPIPS("alex", backbone_path=tmp_path / "nope.pth", random_heads=True)
     assert "\n" not in str(info.value) and "alexnet-owt-7be5be79.pth" in str(info.value)
-    monkeypatch.setattr(lpips_mod, "default_heads_path", lambda net: None)
+    monkeypatch.setattr(lpips_core, "default_heads_path", lambda net: None)
     with pytest.raises(WeightsError) as info:
         LPIPS("alex", random_backbone=True)
     assert "\n" not in str(info.value) and "lpips" in str(info.value) and "heads_path" in str(info.value)

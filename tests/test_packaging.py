@@ -81,3 +81,13 @@ def test_core_never_imports_plugins():
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else []
             offenders += [f"{path.relative_to(REPO)}: {n}" for n in names if n.startswith("guardkit.plugins")]
     assert offenders == []
+
+
+def test_plugins_import_only_core():
+    """A plugin reaches another plugin's parts through the registry or the part it was given, never by import."""
+    offenders = []
+    for path in (REPO / "plugins").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("guardkit.plugins"):
+                offenders.append(f"{path.relative_to(REPO)}: {node.module}")
+    assert offenders == []

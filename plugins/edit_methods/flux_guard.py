@@ -431,7 +431,8 @@ class FluxGuard:
 
     def load(self) -> None:
         """Check the parts and load them (editor, face models, parser, LPIPS)."""
-        if self.editor is None or not all(hasattr(self.editor, a) for a in ("invert", "sample_tokens", "decode_tokens")):
+        needed = ("invert", "sample_tokens", "decode_tokens", "feature_injection", "velocity_blend", "mask_to_tokens")
+        if self.editor is None or not all(hasattr(self.editor, a) for a in needed):
             name = getattr(self.editor, "name", type(self.editor).__name__)
             raise CapabilityError(f"flux-guard needs a rectified-flow editor with invert/sample (flux-edit); "
                                   f"{name!r} has none")
@@ -450,7 +451,7 @@ class FluxGuard:
             self._lpips = self._build_lpips()
 
     def _build_lpips(self) -> torch.nn.Module:
-        from guardkit.plugins.losses.lpips import LPIPS
+        from guardkit.lpips import LPIPS
 
         net = "vgg" if self.config.perceptual == "lpips-vgg" else "alex"
         rnd = self.config.lpips_random
@@ -522,12 +523,6 @@ class FluxGuard:
         overrides the prompt's regions. ``controls``: extra editor controls run after the trajectory controls in
         both passes (observers, for tests and reports). Returns ``(edited [1,3,H,W] in [0,1] on image's device, report)``.
         """
-        from guardkit.plugins.editors.flux_edit import (
-            FeatureInjection,
-            VelocityBlend,
-            mask_to_tokens,
-        )
-
         started = time.perf_counter()
         cfg = self.config
         if image.ndim != 4 or image.shape[0] != 1 or image.shape[1] != 3:
@@ -541,13 +536,14 @@ class FluxGuard:
         regions, raw, share = self.mask_for(image, faces, prompt, source_prompt, mask)
         height, width = int(image.shape[-2]), int(image.shape[-1])
         blurred = blur_mask(raw, cfg.mask_blur * min(height, width))
-        tokens_mask = mask_to_tokens(blurred)
+        tokens_mask = self.editor.mask_to_tokens(blurred)
         n_inject = cfg.injection_steps if cfg.injection_steps is not None else (
             cfg.injection_small if share < cfg.small_region else cfg.injection_large)
         n_inject = min(n_inject, cfg.steps)
         inversion = self.editor.invert(image, source_prompt, steps=cfg.steps, guidance=cfg.inversion_guidance,
                                        feature_steps=n_inject)
-        trajectory = [FeatureInjection(n_inject), VelocityBlend(tokens_mask, cfg.blend_start, cfg.stop), *controls]
+        trajectory = [self.editor.feature_injection(n_inject),
+                      self.editor.velocity_blend(tokens_mask, cfg.blend_start, cfg.stop), *controls]
         report = GuardReport(regions, share, n_inject, (cfg.blend_start, cfg.stop), cfg.adversarial,
                              mask=blurred, mask_tokens=tokens_mask)
         first = cfg.steps - cfg.adv_steps
@@ -581,9 +577,9 @@ def protect(editor: Any, image: torch.Tensor, faces: Sequence[Face], prompt: str
     """One-call form: ``FluxGuard(run, editor=..., face_models=..., face_parser=...(default landmarks),
     **options).protect(image, faces, prompt, ...)``."""
     if face_parser is None and mask is None:
-        from guardkit.plugins.face_parsers.landmarks import LandmarkParser
+        from guardkit.engine import Engine
 
-        face_parser = LandmarkParser(run)
+        face_parser = Engine().registry.get("face_parser", "landmarks").factory(run)
     guard = FluxGuard(run, editor=editor, face_models=face_models, face_parser=face_parser, **options)
     return guard.protect(image, faces, prompt, source_prompt=source_prompt, seed=seed,
                          target_embeddings=target_embeddings, mask=mask)

@@ -615,6 +615,21 @@ class FluxEdit:
         with torch.no_grad():
             return self.decode_tokens(tokens, inversion.height, inversion.width)
 
+    # ----------------------------------------------------------------------------- controls it offers
+    # Editing methods (Flux-Guard) get the trajectory controls from the editor they are given, so they
+    # depend on the editor's contract, not on this module.
+    @staticmethod
+    def feature_injection(steps: int) -> "FeatureInjection":
+        return FeatureInjection(steps)
+
+    @staticmethod
+    def velocity_blend(mask_tokens: torch.Tensor, start: int, stop: int) -> "VelocityBlend":
+        return VelocityBlend(mask_tokens, start, stop)
+
+    @staticmethod
+    def mask_to_tokens(mask: torch.Tensor) -> torch.Tensor:
+        return mask_to_tokens(mask)
+
     def edit(self, images: torch.Tensor, prompt: str, *, seed: int, source_prompt: str = "") -> torch.Tensor:
         """The ``Editor`` contract: ``invert`` under ``source_prompt`` (``inversion_guidance``), then ``sample``
         under ``prompt`` (``guidance``) with no controls, ``steps`` steps -> images [B,3,H,W] in [0,1] on

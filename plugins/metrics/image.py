@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from guardkit import hookimpl
 from guardkit.config import RunConfig
 from guardkit.errors import ConfigError
-from guardkit.plugins.losses.lpips import BACKBONES, LPIPS
+from guardkit.lpips import BACKBONES, LPIPS
 from guardkit.types import EvalBatch
 
 SSIM_KERNEL = 11
