@@ -38,13 +38,7 @@ SOURCE, EDIT = "a photo of a man", "a photo of a woman with glasses"
 WORDS = ["a", "photo", "of", "man", "woman", "with", "glasses", "smiling", "hat"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from intra-op threads on this shared 2-core machine; restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def build_tiny_flux(folder):

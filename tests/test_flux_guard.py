@@ -53,13 +53,7 @@ WOMAN = "a photo of a woman"  # a whole-face change (5 injection steps)
 FAST = {"steps": STEPS, "adv_steps": 2, "blend_start": 1, "iterations": 3, "lpips_random": True}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from intra-op threads on this shared 2-core machine; restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -16,12 +16,7 @@ R = 32  # tiny edit resolution: 4x4 latents
 STEPS = 2
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _bytes_to_unicode() -> dict[int, str]:

@@ -38,12 +38,7 @@ from guardkit.types import EvalBatch, Face
 from PIL import Image
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def rand_images(n=2, h=24, w=20, seed=0):
