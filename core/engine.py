@@ -20,7 +20,7 @@ import numpy as np
 
 from guardkit.config import RunConfig
 from guardkit.errors import CapabilityError, GuardkitError, ImageError, NoFaceError
-from guardkit.imageio import collect_inputs, is_done, load_rgb, plan_outputs, save_image
+from guardkit.imageio import IMAGE_SUFFIXES, collect_inputs, is_done, load_rgb, plan_outputs, save_image
 from guardkit.registry import PluginError, Registry, make_plugin_manager
 from guardkit.types import Face, PartSpec, WeightedLoss
 
@@ -173,6 +173,9 @@ class Engine:
 
         run = run or RunConfig()
         paths = collect_inputs([Path(p) for p in inputs])
+        if not paths:
+            raise ImageError(f"no photos found in {', '.join(str(p) for p in inputs)} "
+                             f"(looked for {', '.join(IMAGE_SUFFIXES)})")
         plan = plan_outputs(paths, Path(output_dir), fmt) if output_dir is not None else {}
         protector, model, finder = self.build_method(method, run, face_model=face_model, encoder=encoder,
                                                      face_finder=face_finder, losses=losses, options=options,

@@ -134,3 +134,10 @@ def test_third_party_plugin_is_discovered_and_used_from_the_cli(example_plugin_i
     assert run.returncode == 0, run.stderr
     photo = json.loads(run.stdout)["photos"][0]
     assert photo["status"] == "protected" and 0 < photo["linf"] <= 4 / 255 + 1e-9
+
+
+def test_a_folder_without_photos_is_one_line(tmp_path):
+    (tmp_path / "notes.txt").write_text("no photos here")
+    result = invoke("run", str(tmp_path), "-o", str(tmp_path / "out"))
+    assert result.exit_code == 2
+    assert "no photos found" in one_line_error(result)
