@@ -74,6 +74,13 @@ def test_bad_eps_is_one_line(tmp_path, faces_dir):
     assert result.exit_code == 2 and "4/0" in one_line_error(result)
 
 
+def test_a_folder_without_photos_is_one_line(tmp_path):
+    (tmp_path / "notes.txt").write_text("no photos here")
+    result = invoke("run", str(tmp_path), "-o", str(tmp_path / "out"))
+    assert result.exit_code == 2
+    assert "no photos found" in one_line_error(result)
+
+
 def test_run_writes_protected_photos_and_reports_failures(tmp_path, faces_dir):
     src = tmp_path / "in"
     src.mkdir()
@@ -117,7 +124,7 @@ def example_plugin_installed():
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
     subprocess.run([*pip, "install", "--no-build-isolation", "--no-deps", "-e", str(pkg)], check=True)
     yield
-    subprocess.run([*pip, "uninstall", "-y", "guardkit-example"], check=True)
+    subprocess.run([*pip, "uninstall", "-y", "guardkit-example"], check=True)  # its entry point must not outlive the test
 
 
 def test_third_party_plugin_is_discovered_and_used_from_the_cli(example_plugin_installed, tmp_path):
@@ -134,10 +141,3 @@ def test_third_party_plugin_is_discovered_and_used_from_the_cli(example_plugin_i
     assert run.returncode == 0, run.stderr
     photo = json.loads(run.stdout)["photos"][0]
     assert photo["status"] == "protected" and 0 < photo["linf"] <= 4 / 255 + 1e-9
-
-
-def test_a_folder_without_photos_is_one_line(tmp_path):
-    (tmp_path / "notes.txt").write_text("no photos here")
-    result = invoke("run", str(tmp_path), "-o", str(tmp_path / "out"))
-    assert result.exit_code == 2
-    assert "no photos found" in one_line_error(result)
