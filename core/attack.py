@@ -6,8 +6,10 @@ Methods call ``pgd`` (or write their own loop); whatever they return, the engine
 
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import TYPE_CHECKING, Callable, Collection, Sequence
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Callable, Collection, Iterator, Sequence
 
 import torch
 
@@ -19,6 +21,27 @@ if TYPE_CHECKING:
 
 #: ``objective(x_adv, step) -> Tensor[B]``: higher is more protection.
 Objective = Callable[[torch.Tensor, int], torch.Tensor]
+
+#: Called as ``(step, steps)`` after every optimisation step of any loop run under ``reporting_steps``
+#: (progress bars), without threading a callback through every method's signature.
+_STEP_REPORTER: ContextVar[Callable[[int, int], None] | None] = ContextVar("guardkit_step_reporter", default=None)
+
+
+@contextlib.contextmanager
+def reporting_steps(reporter: Callable[[int, int], None] | None) -> Iterator[None]:
+    """Within this block, optimisation loops report ``(step, steps)`` to ``reporter``."""
+    token = _STEP_REPORTER.set(reporter)
+    try:
+        yield
+    finally:
+        _STEP_REPORTER.reset(token)
+
+
+def report_step(step: int, steps: int) -> None:
+    """Tell the current reporter (if any) that ``step`` of ``steps`` is done; loops of methods call this."""
+    reporter = _STEP_REPORTER.get()
+    if reporter is not None:
+        reporter(step, steps)
 
 
 def project(x_adv: torch.Tensor, x: torch.Tensor, budget: Budget, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -118,4 +141,5 @@ def pgd(
         else:
             update = grad / grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
         x_adv = project(x_adv.detach() + alpha * update, x, budget, mask)
+        report_step(step + 1, budget.steps)
     return x_adv.detach()

@@ -159,17 +159,19 @@ class Engine:
         resume: bool = True,
         on_photo: Callable[[PhotoResult], None] | None = None,
         on_start: Callable[[int], None] | None = None,
+        on_step: Callable[[int, int], None] | None = None,
     ) -> ProtectResult:
         """Protect photo files (or folders of them).
 
         With ``output_dir``, each protected photo is written as soon as it is done (atomically, never
         over an input, metadata stripped) and photos already done there are skipped (``resume``);
         without, they are kept in memory for ``ProtectResult.save``. A photo that fails (unreadable,
-        no face, ...) is reported in its ``PhotoResult`` and the others go on.
+        no face, ...) is reported in its ``PhotoResult`` and the others go on. ``on_step(step, steps)``
+        follows the optimisation of the current batch (progress bars).
         """
         import torch
 
-        from guardkit.attack import project
+        from guardkit.attack import project, reporting_steps
 
         run = run or RunConfig()
         paths = collect_inputs([Path(p) for p in inputs])
@@ -213,7 +215,8 @@ class Engine:
             clean = clean.permute(0, 3, 1, 2).float().div(255)
             faces = [f.with_index(i) for i, (_, _, fs) in enumerate(batch) for f in fs]
             try:
-                with torch.autocast(device.type, dtype=run.torch_dtype(), enabled=run.dtype != "float32"):
+                with torch.autocast(device.type, dtype=run.torch_dtype(), enabled=run.dtype != "float32"), \
+                        reporting_steps(on_step):
                     adv = protector.protect(clean, faces, run.budget)
                 adv = project(adv.detach().float(), clean, run.budget)  # never trust a method
                 if not torch.isfinite(adv).all():

@@ -112,3 +112,10 @@ def test_batches_group_photos_of_one_size(engine, faces_dir, tmp_path):
     result = engine.protect([src], face_model="tiny", run=run)
     assert [p.status for p in result.photos] == ["protected", "protected"]
     assert all(p.linf <= 4 / 255 + 1e-9 and p.linf > 0 for p in result.photos)
+
+
+def test_steps_are_reported_for_progress_bars(engine, faces_dir):
+    seen = []
+    engine.protect([faces_dir / "obama_small.jpg"], face_model="tiny", run=FAST,
+                   on_step=lambda step, steps: seen.append((step, steps)))
+    assert seen == [(1, 3), (2, 3), (3, 3)]

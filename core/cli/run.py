@@ -75,12 +75,14 @@ def run_command(
     part_options = {"encoder": {"path": str(encoder_path)} if encoder_path else {},
                     "face_model": {"path": str(fr_path)} if fr_path else {}}
     with progress() as bar:
-        task = bar.add_task("protecting", total=None)
+        task = bar.add_task("photos", total=None)
+        steps_task = bar.add_task("steps", total=budget.steps)
         result = engine.protect(
             inputs, method=method, face_model=face_model, face_finder=face_finder, encoder=encoder, run=run,
             losses=losses, options=options, part_options=part_options, output_dir=output, fmt=fmt, resume=resume,
             on_start=lambda n: bar.update(task, total=n),
             on_photo=lambda photo: bar.advance(task),
+            on_step=lambda step, steps: bar.update(steps_task, completed=step, total=steps),
         )
     for photo in result.failed:
         err_console.print(f"[red]failed:[/] {escape(photo.error)}", highlight=False, soft_wrap=True)

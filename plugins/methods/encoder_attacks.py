@@ -23,7 +23,7 @@ from typing import Any, ClassVar, Sequence
 import torch
 
 from guardkit import hookimpl
-from guardkit.attack import project
+from guardkit.attack import project, report_step
 from guardkit.config import Budget, RunConfig, build_config
 from guardkit.errors import ConfigError
 from guardkit.latent_attack import LatentAttackConfig, run_latent_attack
@@ -107,7 +107,7 @@ class CW:
             clean_latent = self.encoder.encode(clean * 2 - 1)
         w = torch.atanh((region * 2 - 1).clamp(-1 + 1e-6, 1 - 1e-6)).requires_grad_(True)
         optimiser = torch.optim.Adam([w], lr=self.config.lr)
-        for _ in range(budget.steps):
+        for step in range(budget.steps):
             adv = (torch.tanh(w) + 1) / 2
             view = View(clean, space.to_model(adv), encoder=self.encoder, clean_latent=clean_latent)
             distortion = (adv - region).pow(2).flatten(1).sum(1)
@@ -115,6 +115,7 @@ class CW:
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
+            report_step(step + 1, budget.steps)
         adv = (torch.tanh(w.detach()) + 1) / 2
         return space.paste(images, project(adv, region, budget))
 
