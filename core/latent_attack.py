@@ -17,7 +17,7 @@ from guardkit.attack import combine, pgd
 from guardkit.config import Budget, RunConfig
 from guardkit.eot import parse_eot, random_purification
 from guardkit.errors import ConfigError
-from guardkit.region import ModelSpace
+from guardkit.region import ModelSpace, group_faces
 from guardkit.speed import AUTOCAST_MODES, ChannelsLast, StepCompiler, autocast
 from guardkit.types import Encoder, Face, FaceModel, WeightedLoss
 from guardkit.view import View
@@ -83,7 +83,22 @@ def run_latent_attack(
     face_source: str = "decoded",
 ) -> torch.Tensor:
     """Protect ``images`` [B,3,H,W]; ``starts`` maps a loss name to the fraction of the steps from
-    which it is switched on (default: from the start)."""
+    which it is switched on (default: from the start). Faces far apart are protected one square each
+    (``group_faces``), every square against the clean photo, so every face is protected."""
+    out = images
+    for group in group_faces(faces):
+        space, protected = _attack_square(images, group, budget, run=run, config=config, encoder=encoder,
+                                          losses=losses, face_model=face_model, starts=starts,
+                                          face_source=face_source)
+        out = space.paste(out, protected)
+    return out
+
+
+def _attack_square(images: torch.Tensor, faces: Sequence[Face], budget: Budget, *, run: RunConfig,
+                   config: LatentAttackConfig, encoder: Encoder, losses: Sequence[WeightedLoss],
+                   face_model: FaceModel | None, starts: Mapping[str, float] | None,
+                   face_source: str) -> tuple[ModelSpace, torch.Tensor]:
+    """One face-centred square of ``images`` protected at the model resolution: (its space, the region)."""
     space = ModelSpace.around(images.shape[2], images.shape[3], faces, config.resolution)
     region = space.crop(images)
     model_faces = space.faces(faces)
@@ -128,4 +143,4 @@ def run_latent_attack(
     protected = pgd(region, objective, budget, generator=generator, mask=mask,
                     step_size=budget.step_size or config.step_fraction * budget.eps,
                     final_step_size=config.final_fraction * budget.eps, schedule=config.schedule)
-    return space.paste(images, protected)
+    return space, protected

@@ -82,3 +82,24 @@ class ModelSpace:
         out = images.clone()
         out[:, :, self.y0:self.y0 + self.side, self.x0:self.x0 + self.side] = region
         return out
+
+
+def group_faces(faces: Sequence[Face], *, together: float = 1.6) -> list[list[Face]]:
+    """Faces that can share one model square: a face joins a group when the union of their boxes is at
+    most ``together`` times the largest face's side, so a group photo's distant faces each get their own
+    square at a useful resolution instead of one shrunken square (or one that cannot hold them all)."""
+    groups: list[list[Face]] = []
+
+    def side(members: Sequence[Face]) -> float:
+        return max(max(f.box[2] for f in members) - min(f.box[0] for f in members),
+                   max(f.box[3] for f in members) - min(f.box[1] for f in members))
+
+    for face in sorted(faces, key=lambda f: -(f.box[2] - f.box[0]) * (f.box[3] - f.box[1])):
+        for group in groups:
+            largest = max(side([f]) for f in [*group, face])
+            if side([*group, face]) <= together * largest:
+                group.append(face)
+                break
+        else:
+            groups.append([face])
+    return groups or [[]]

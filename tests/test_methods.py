@@ -223,3 +223,22 @@ def test_cli_missing_encoder_weights_is_one_line(tmp_path, faces_dir):
     assert result.exit_code == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "sd-vae" in lines[0], result.stderr
+
+
+def test_distant_faces_each_get_their_own_square(encoders, face_model):
+    """A wide group photo: one shared square could not hold both faces; each is protected in its own."""
+    from guardkit.region import group_faces
+
+    left, right, near = face(0, 20, 24, 14), face(0, 150, 24, 14), face(0, 28, 26, 14)
+    assert [len(g) for g in group_faces([left, right])] == [1, 1]
+    assert [len(g) for g in group_faces([left, near])] == [2]
+    gen = torch.Generator().manual_seed(2)
+    images = torch.round(torch.nn.functional.interpolate(torch.rand(1, 3, 6, 20, generator=gen), size=(48, 170),
+                                                         mode="bilinear", align_corners=False) * 255) / 255
+    out = build("editshield", encoders["sd-vae"], face_model, mask="face").protect(images, [left, right],
+                                                                                   Budget(eps=EPS, steps=2))
+    changed = (out - images).abs().sum(1)[0] > 0
+    for f in (left, right):
+        x0, y0, x1, y1 = (int(v) for v in f.box)
+        assert changed[y0:y1, x0:x1].any(), f.box
+    assert (out - images).abs().max() <= EPS + 1e-6
