@@ -27,7 +27,7 @@ from guardkit.attack import project, report_step
 from guardkit.config import Budget, RunConfig, build_config
 from guardkit.errors import ConfigError
 from guardkit.latent_attack import LatentAttackConfig, run_latent_attack
-from guardkit.region import ModelSpace
+from guardkit.region import ModelSpace, group_faces
 from guardkit.types import Encoder, Face, WeightedLoss
 
 
@@ -97,11 +97,18 @@ class CW:
         self.config = build_config(CWConfig, options)
 
     def protect(self, images: torch.Tensor, faces: Sequence[Face], budget: Budget) -> torch.Tensor:
+        out = images
+        for group in group_faces(faces):  # distant faces: one square each
+            space = ModelSpace.around(images.shape[2], images.shape[3], group, self.config.resolution)
+            region = space.crop(images).detach()
+            out = space.paste(out, project(self._optimise(space, region, budget), region, budget))
+        return out
+
+    def _optimise(self, space: ModelSpace, region: torch.Tensor, budget: Budget) -> torch.Tensor:
+        """Adam on w, with x' = (tanh(w) + 1) / 2, minimising ||x' - x||^2 - c * objective."""
         from guardkit.attack import combine
         from guardkit.view import View
 
-        space = ModelSpace.around(images.shape[2], images.shape[3], faces, self.config.resolution)
-        region = space.crop(images).detach()
         with torch.no_grad():
             clean = space.to_model(region)
             clean_latent = self.encoder.encode(clean * 2 - 1)
@@ -116,8 +123,7 @@ class CW:
             loss.backward()
             optimiser.step()
             report_step(step + 1, budget.steps)
-        adv = (torch.tanh(w.detach()) + 1) / 2
-        return space.paste(images, project(adv, region, budget))
+        return (torch.tanh(w.detach()) + 1) / 2
 
 
 @hookimpl
