@@ -124,6 +124,8 @@ KNOWN_WEIGHTS: tuple[KnownWeight, ...] = (
                 pack="buffalo_l"),
     KnownWeight("face model adaface", "adaface_ir101_webface12m.ckpt", "file",
                 "AdaFace checkpoints linked from github.com/mk-minchul/AdaFace"),
+    KnownWeight("face parser bisenet", "79999_iter.pth", "file",
+                "face-parsing.PyTorch's released BiSeNet (github.com/zllrunning/face-parsing.PyTorch)"),
     KnownWeight("loss/metric lpips (alex)", "alexnet-owt-7be5be79.pth", "torch",
                 "torchvision's AlexNet checkpoint (download.pytorch.org/models/alexnet-owt-7be5be79.pth)"),
     KnownWeight("loss/metric lpips (vgg)", "vgg16-397923af.pth", "torch",
