@@ -4,8 +4,9 @@
   tiny plugins on it for one test.
 - ``TinyFaceModel``: a real (tiny, randomly initialised, seeded) differentiable face model that
   aligns by the 5-point similarity warp, for fast attack tests.
-- ``FaceModelContract``: test class a face-model plugin subclasses (define ``make_model``) to check
-  the contract every face model must keep.
+- ``FaceModelContract`` / ``EncoderContract``: test classes a face-model / encoder plugin subclasses
+  (define ``make_model`` / ``make_encoder``) to check the contract every such part must keep.
+- ``save_tiny_vae``: a tiny random ``AutoencoderKL`` folder for the encoder parts' real loading code.
 
 This module is imported by pytest in every project where guardkit is installed, so it imports
 torch only inside functions.
@@ -133,6 +134,48 @@ class FaceModelContract:
         assert torch.allclose(model.distance(emb, emb), torch.zeros(len(faces), dtype=emb.dtype), atol=1e-5)
         one = model.embed(model.align(images, faces[:1]))
         assert torch.allclose(one[0], emb[0], atol=1e-4)
+
+
+class EncoderContract:
+    """Subclass in an encoder plugin's tests and define ``make_encoder(self)`` returning a loaded encoder
+    (a small configuration is fine) to check the contract every encoder must keep."""
+
+    size: ClassVar[int] = 32
+
+    def make_encoder(self):  # pragma: no cover - to be overridden
+        raise NotImplementedError
+
+    def test_declares_capabilities(self):
+        encoder = self.make_encoder()
+        assert encoder.latent_channels > 0 and encoder.downsample > 0
+        assert isinstance(encoder.differentiable, bool)
+
+    def test_latent_shape_and_round_trip_shape(self):
+        import torch
+
+        encoder = self.make_encoder()
+        x = torch.rand(2, 3, self.size, self.size) * 2 - 1
+        z = encoder.encode(x)
+        side = self.size // encoder.downsample
+        assert z.shape == (2, encoder.latent_channels, side, side)
+        assert encoder.decode(z).shape == x.shape
+
+    def test_gradients_flow_through_encode_and_decode(self):
+        import torch
+
+        encoder = self.make_encoder()
+        if not encoder.differentiable:
+            pytest.skip("encoder declares no gradients")
+        x = (torch.rand(1, 3, self.size, self.size) * 2 - 1).requires_grad_(True)
+        (grad,) = torch.autograd.grad(encoder.decode(encoder.encode(x)).square().sum(), x)
+        assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+    def test_batch_consistent(self):
+        import torch
+
+        encoder = self.make_encoder()
+        x = torch.rand(2, 3, self.size, self.size) * 2 - 1
+        assert torch.allclose(encoder.encode(x)[1:], encoder.encode(x[1:]), atol=1e-4)
 
 
 #: A tiny ``AutoencoderKL`` with the real layout (4 down blocks: downsampling 8) per encoder part.

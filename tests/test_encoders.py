@@ -15,6 +15,7 @@ from guardkit.config import RunConfig
 from guardkit.errors import ConfigError, WeightsError
 from guardkit.plugins.encoders import flux_vae, sd_vae
 from guardkit.registry import Registry, make_plugin_manager
+from guardkit.testing import EncoderContract
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -264,3 +265,13 @@ def test_loads_from_the_hf_cache(kind, tiny_vaes, empty_hf_cache):
     with torch.no_grad():
         expected = (model.encode(x).latent_dist.mean - enc.shift_factor) * enc.scaling_factor
         torch.testing.assert_close(enc.encode(x), expected, rtol=0, atol=0)
+
+
+class TestSDVAEContract(EncoderContract):
+    def make_encoder(self):
+        return sd_vae.SDVAE.random(RunConfig(), config={**TINY, **KINDS["sd-vae"][2]})
+
+
+class TestFluxVAEContract(EncoderContract):
+    def make_encoder(self):
+        return flux_vae.FluxVAE.random(RunConfig(), config={**TINY, **KINDS["flux"][2]})
