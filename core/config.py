@@ -84,10 +84,39 @@ class RunConfig:
         return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[self.dtype]
 
 
-def build_config(config_class: type, options: Mapping[str, Any]) -> Any:
-    """``config_class(**options)``, with a one-line error naming unknown options and the known ones."""
-    known = {f.name for f in fields(config_class)}
-    unknown = sorted(set(options) - known)
+def build_config(config_class: type, options: Mapping[str, Any], part: str = "this method") -> Any:
+    """``config_class(**options)``, with a one-line error naming unknown options and the known ones.
+
+    ``part`` names the part in the message (``"encoder 'sd-vae'"``)."""
+    known = {f.name: f for f in fields(config_class)}
+    unknown = sorted(set(options) - set(known))
     if unknown:
-        raise ConfigError(f"unknown option(s) {', '.join(unknown)}; this method takes {', '.join(sorted(known))}")
-    return config_class(**options)
+        raise ConfigError(f"{part}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    return config_class(**{name: _coerce(value, str(known[name].type), name, part) for name, value in options.items()})
+
+
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+
+def _coerce(value: Any, annotation: str, name: str, part: str) -> Any:
+    """A command-line value (``-O key=value``: a string, or a number) as the field's type says:
+    "false"/"0" for a bool, "none" for an optional field, a number for an int or float field."""
+    if isinstance(value, bool):
+        return value
+    if "bool" in annotation and isinstance(value, (int, str)):
+        text = str(value).strip().lower()
+        if text not in _TRUE + _FALSE:
+            raise ConfigError(f"{part}: {name} must be true or false, got {value!r}")
+        return text in _TRUE
+    if not isinstance(value, str):
+        return value
+    text = value.strip().lower()
+    if text in ("none", "null") and "None" in annotation:
+        return None
+    if "int" in annotation or "float" in annotation:
+        try:
+            return int(text) if "int" in annotation and text.lstrip("-").isdigit() else float(text)
+        except ValueError:
+            if "str" not in annotation:
+                raise ConfigError(f"{part}: {name} must be a number, got {value!r}") from None
+    return value

@@ -15,14 +15,13 @@ diffusers is imported only in ``load()``.
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 
-from guardkit.config import RunConfig
+from guardkit.config import RunConfig, build_config
 from guardkit.errors import ConfigError, WeightsError
 from guardkit.hub import HubSource, load_offline
 
@@ -60,11 +59,7 @@ class DiffusersVAE:
 
     def __init__(self, run: RunConfig | None = None, **options: Any) -> None:
         self.run = run or RunConfig()
-        try:
-            self.config = VAEConfig(**options)
-        except TypeError as exc:
-            known = ", ".join(f.name for f in dataclasses.fields(VAEConfig))
-            raise ConfigError(f"encoder {self.name!r}: unknown option(s) {sorted(options)}; known: {known}") from exc
+        self.config = build_config(VAEConfig, options, f"encoder {self.name!r}")
         self.revision = self.config.revision or self.REVISION
         self.source = HubSource(self.name, self.HUB_ID, self.revision, self.SUBFOLDER,
                                 fetch_filter=f"--include '{self.SUBFOLDER}/*'", path_option="the encoder option path=")

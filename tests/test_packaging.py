@@ -91,3 +91,19 @@ def test_plugins_import_only_core():
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("guardkit.plugins"):
                 offenders.append(f"{path.relative_to(REPO)}: {node.module}")
     assert offenders == []
+
+
+def test_part_options_from_the_command_line_take_their_field_types():
+    """``-O key=value`` arrives as text or a number; every part's config reads it by the field's type."""
+    import pytest
+
+    from guardkit.config import build_config
+    from guardkit.errors import ConfigError
+    from guardkit.latent_attack import LatentAttackConfig
+
+    config = build_config(LatentAttackConfig, {"channels_last": "false", "compile": "1", "resolution": "64"})
+    assert (config.channels_last, config.compile, config.resolution) == (False, True, 64)
+    with pytest.raises(ConfigError, match="channels_last must be true or false"):
+        build_config(LatentAttackConfig, {"channels_last": "maybe"})
+    with pytest.raises(ConfigError, match="encoder 'x': unknown option.*colour"):
+        build_config(LatentAttackConfig, {"colour": 1}, "encoder 'x'")

@@ -40,7 +40,6 @@ Example::
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import re
 import time
@@ -51,7 +50,7 @@ from typing import Any, ClassVar, Literal
 import torch
 import torch.nn.functional as F
 from guardkit import hookimpl
-from guardkit.config import RunConfig
+from guardkit.config import RunConfig, build_config
 from guardkit.errors import CapabilityError, ConfigError
 from guardkit.types import Face
 
@@ -246,27 +245,6 @@ class FluxGuardConfig:
         return self.steps - self.adv_steps if self.blend_stop is None else self.blend_stop
 
 
-def _coerce(options: dict[str, Any]) -> dict[str, Any]:
-    """CLI strings ("true", "none") -> Python values, by the config field's type."""
-    out = dict(options)
-    for f in dataclasses.fields(FluxGuardConfig):
-        value = out.get(f.name)
-        if isinstance(value, str):
-            low = value.strip().lower()
-            if low in ("none", "null") and "None" in str(f.type):
-                out[f.name] = None
-            elif "bool" in str(f.type) and low in ("true", "false", "1", "0", "yes", "no", "on", "off"):
-                out[f.name] = low in ("true", "1", "yes", "on")
-            elif "int" in str(f.type) or "float" in str(f.type):
-                try:
-                    out[f.name] = int(low) if "int" in str(f.type) and low.lstrip("-").isdigit() else float(low)
-                except ValueError as exc:
-                    raise ConfigError(f"flux-guard: {f.name} must be a number, got {value!r}") from exc
-        elif isinstance(value, int) and not isinstance(value, bool) and "bool" in str(f.type):
-            out[f.name] = bool(value)
-    return out
-
-
 # ================================================================================ controls
 class _ControlBase:
     def before_step(self, state: Any) -> None:
@@ -421,11 +399,7 @@ class FluxGuard:
     def __init__(self, run: RunConfig | None = None, *, editor: Any = None, face_models: Sequence[Any] = (),
                  face_parser: Any = None, **options: Any) -> None:
         self.run = run or RunConfig()
-        known = {f.name for f in dataclasses.fields(FluxGuardConfig)}
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise ConfigError(f"flux-guard: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        self.config = FluxGuardConfig(**_coerce(options))
+        self.config = build_config(FluxGuardConfig, options, "flux-guard")
         self.editor, self.face_models, self.face_parser = editor, list(face_models), face_parser
         self._lpips: torch.nn.Module | None = None
 

@@ -34,7 +34,6 @@ Example::
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import math
 from collections.abc import Callable, Iterator, Sequence
@@ -49,7 +48,7 @@ from typing import (
 
 import torch
 from guardkit import hookimpl
-from guardkit.config import RunConfig
+from guardkit.config import RunConfig, build_config
 from guardkit.errors import ConfigError, WeightsError, first_line
 from guardkit.hub import HubSource, load_offline
 from guardkit.vae import diffusers_load_kwargs
@@ -374,11 +373,7 @@ class FluxEdit:
 
     def __init__(self, run: RunConfig | None = None, **options: Any) -> None:
         self.run = run or RunConfig()
-        try:
-            self.config = FluxEditConfig(**options)
-        except TypeError as exc:
-            known = ", ".join(f.name for f in dataclasses.fields(FluxEditConfig))
-            raise ConfigError(f"editor {self.name!r}: unknown option(s) {sorted(options)}; known: {known}") from exc
+        self.config = build_config(FluxEditConfig, options, f"editor {self.name!r}")
         self.revision = self.config.revision or self.REVISION
         self.pipe: Any = None
         self.processors: dict[int, ValueProcessor] = {}

@@ -27,7 +27,6 @@ Example: ``InstructPix2Pix(RunConfig(device="cuda", dtype="float16")).edit(x, "L
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -35,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from guardkit import hookimpl
-from guardkit.config import RunConfig
+from guardkit.config import RunConfig, build_config
 from guardkit.errors import ConfigError, WeightsError
 from guardkit.hub import HubSource, load_offline
 from guardkit.vae import diffusers_load_kwargs
@@ -77,12 +76,7 @@ class InstructPix2Pix:
 
     def __init__(self, run: RunConfig | None = None, **options: Any) -> None:
         self.run = run or RunConfig()
-        known = {f.name for f in dataclasses.fields(InstructPix2PixConfig)}
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise ConfigError(f"editor {self.name!r}: unknown option(s) {', '.join(unknown)}; "
-                              f"known: {', '.join(sorted(known))}")
-        self.config = InstructPix2PixConfig(**options)
+        self.config = build_config(InstructPix2PixConfig, options, f"editor {self.name!r}")
         self.pipe = None
 
     # ----------------------------------------------------------------------------- loading

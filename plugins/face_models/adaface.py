@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import pickle
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
@@ -49,7 +49,7 @@ from torch import Tensor, nn
 
 from guardkit import hookimpl
 from guardkit.align import ARCFACE_TEMPLATE_112, similarity_align
-from guardkit.config import RunConfig
+from guardkit.config import RunConfig, build_config
 from guardkit.errors import ConfigError, WeightsError, first_line
 from guardkit.types import DistanceMetric, Face, LandmarkScheme
 
@@ -272,13 +272,8 @@ class AdaFace:
     schemes: ClassVar[tuple[LandmarkScheme, ...]] = ("arcface5", "dlib5")
 
     def __init__(self, run: RunConfig, **options: Any) -> None:
-        known = {f.name for f in fields(AdaFaceConfig)}
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise ConfigError(f"face model 'adaface': unknown option(s) {', '.join(unknown)}; "
-                              f"it takes {', '.join(sorted(known))}")
         self.run = run
-        self.config = AdaFaceConfig(**options)
+        self.config = build_config(AdaFaceConfig, options, "face model 'adaface'")
         self.net: AdaFaceNet | None = None
 
     def weights_path(self) -> Path:
