@@ -8,10 +8,13 @@ Face cache with ``local_files_only=True``. Nothing is ever downloaded. Every fai
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import importlib.util
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from guardkit.errors import WeightsError, first_line
 from guardkit.weights import hf_cache_dir
@@ -84,3 +87,21 @@ def load_offline(source: HubSource, load: Loader, *, path: str | Path | None = N
         sub = f" subfolder {source.subfolder}" if source.subfolder else ""
         raise WeightsError(f"{source.part} weights not found (looked in {' and '.join(looked)} for "
                            f"{source.hub_id}@{source.revision}{sub}): {source.how_to_fetch()}") from exc
+
+
+@contextlib.contextmanager
+def quiet_library_logs() -> Iterator[None]:
+    """transformers' and diffusers' warnings off while a part imports and loads them (e.g. "requires
+    torchvision ... falling back"), so the user sees guardkit's one line; restored afterwards."""
+    restore = []
+    for name in ("transformers", "diffusers"):
+        if importlib.util.find_spec(name) is None:
+            continue
+        logging_module = importlib.import_module(f"{name}.utils.logging")
+        restore.append((logging_module, logging_module.get_verbosity()))
+        logging_module.set_verbosity_error()
+    try:
+        yield
+    finally:
+        for logging_module, level in restore:
+            logging_module.set_verbosity(level)

@@ -23,7 +23,7 @@ import torch
 
 from guardkit.config import RunConfig, build_config
 from guardkit.errors import ConfigError, WeightsError
-from guardkit.hub import HubSource, load_offline
+from guardkit.hub import HubSource, load_offline, quiet_library_logs
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ class DiffusersVAE:
         self.config = build_config(VAEConfig, options, f"encoder {self.name!r}")
         self.revision = self.config.revision or self.REVISION
         self.source = HubSource(self.name, self.HUB_ID, self.revision, self.SUBFOLDER,
-                                fetch_filter=f"--include '{self.SUBFOLDER}/*'", path_option="the encoder option path=")
+                                fetch_filter=f"--include '{self.SUBFOLDER}/*'", path_option="--encoder-path")
         self.vae = None
         self.scaling_factor = self.SCALING_FACTOR
         self.shift_factor = self.SHIFT_FACTOR
@@ -98,6 +98,10 @@ class DiffusersVAE:
 
     # ----------------------------------------------------------------------------- loading
     def load(self) -> None:
+        with quiet_library_logs():
+            self._load()
+
+    def _load(self) -> None:
         if self.vae is not None:
             return
         try:

@@ -50,7 +50,7 @@ import torch
 from guardkit import hookimpl
 from guardkit.config import RunConfig, build_config
 from guardkit.errors import ConfigError, WeightsError, first_line
-from guardkit.hub import HubSource, load_offline
+from guardkit.hub import HubSource, load_offline, quiet_library_logs
 from guardkit.vae import diffusers_load_kwargs
 
 Solver = Literal["rf-solver", "euler"]
@@ -381,6 +381,10 @@ class FluxEdit:
 
     # ----------------------------------------------------------------------------- loading
     def load(self) -> None:
+        with quiet_library_logs():
+            self._load()
+
+    def _load(self) -> None:
         """Load the ``FluxPipeline`` offline (idempotent) and set ``ValueProcessor``s on the single-stream blocks."""
         if self.pipe is not None:
             return

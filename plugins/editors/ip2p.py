@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from guardkit import hookimpl
 from guardkit.config import RunConfig, build_config
 from guardkit.errors import ConfigError, WeightsError
-from guardkit.hub import HubSource, load_offline
+from guardkit.hub import HubSource, load_offline, quiet_library_logs
 from guardkit.vae import diffusers_load_kwargs
 
 
@@ -81,6 +81,10 @@ class InstructPix2Pix:
 
     # ----------------------------------------------------------------------------- loading
     def load(self) -> None:
+        with quiet_library_logs():
+            self._load()
+
+    def _load(self) -> None:
         if self.pipe is not None:
             return
         try:

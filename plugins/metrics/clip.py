@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from guardkit import hookimpl
 from guardkit.config import RunConfig
+from guardkit.hub import quiet_library_logs
 from guardkit.errors import ConfigError, WeightsError
 from guardkit.types import EvalBatch
 from guardkit.errors import first_line
@@ -105,6 +106,10 @@ class ClipEncoder:
         return []
 
     def load(self) -> None:
+        with quiet_library_logs():
+            self._load()
+
+    def _load(self) -> None:
         if self.model is not None:
             return
         try:
@@ -182,6 +187,10 @@ class _ClipMetric:
         self.encoder = ClipEncoder(self.run, self.config)
 
     def load(self) -> None:
+        with quiet_library_logs():
+            self._load()
+
+    def _load(self) -> None:
         self.encoder.load()
 
 

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 from guardkit import hookimpl
 from guardkit.config import RunConfig, build_config
+from guardkit.hub import quiet_library_logs
 from guardkit.errors import ConfigError, WeightsError
 from guardkit.errors import first_line
 from guardkit.weights import hf_cache_dir
@@ -81,6 +82,10 @@ class DiffPure:
 
     # ----------------------------------------------------------------------------- loading
     def load(self) -> None:
+        with quiet_library_logs():
+            self._load()
+
+    def _load(self) -> None:
         if self.unet is not None:
             return
         try:
