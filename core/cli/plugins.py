@@ -29,7 +29,7 @@ def plugins_command(as_json: JsonOpt = False, disable_plugin: DisableOpt = None)
         return
     table = Table(title="guardkit parts")
     for column in ("kind", "name", "origin", "capabilities", "summary"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for s in specs:
         caps = ", ".join(f"{k}={_plain(v)}" for k, v in s.capabilities.items())
         table.add_row(s.kind.replace("_", " "), s.name, s.origin, caps, s.summary)
