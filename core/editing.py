@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 from guardkit.config import RunConfig
+from guardkit.arrays import image_to_tensor
 from guardkit.errors import (
     CapabilityError,
     ConfigError,
@@ -97,12 +98,6 @@ def load_mask(path: str | Path, width: int, height: int) -> np.ndarray:
     gray = load_rgb(Path(path)).astype(np.float32).mean(axis=2)
     pil = Image.fromarray(gray.astype(np.uint8)).resize((width, height), Image.BILINEAR)
     return np.asarray(pil).astype(np.float32) / 255.0
-
-
-def _to_tensor(image: np.ndarray, device: Any):
-    import torch
-
-    return torch.from_numpy(image.copy()).permute(2, 0, 1)[None].float().div(255).to(device)
 
 
 def _build(engine, kind: str, name: str, run: RunConfig, options: Mapping[str, Any] | None = None) -> Any:
@@ -189,7 +184,7 @@ def edit_photos(
         tfaces = finder.find(timage)
         if not tfaces:
             raise NoFaceError(f"{target_identity}: no face found in the target identity photo")
-        target = method.identity(_to_tensor(timage, device), tfaces[:1])
+        target = method.identity(image_to_tensor(timage, device), tfaces[:1])
 
     results: list[EditResult] = []
     if on_start:
@@ -214,7 +209,7 @@ def edit_photos(
             faces = finder.find(image)
             if not faces:
                 raise NoFaceError(f"{path}: no face found (nothing to protect or to edit)")
-            x = _to_tensor(image, device)
+            x = image_to_tensor(image, device)
             report = None
             if method is not None:
                 user_mask = None

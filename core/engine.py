@@ -80,6 +80,21 @@ class Engine:
         return self.plugin_errors
 
     # ----------------------------------------------------------------------------- parts
+    def load_part(self, kind: str, name: str, run: RunConfig, **options: Any) -> Any:
+        """The part ``name`` of ``kind`` built with ``options`` and loaded (weights on the run's device)."""
+        part = self.registry.get(kind, name).factory(run, **options)
+        part.load()
+        return part
+
+    def load_purifier(self, spec: str, run: RunConfig) -> Any:
+        """A purifier from a CLI spec (``jpeg75``, ``blur:sigma=2``), loaded; ``none`` gives None."""
+        from guardkit.specs import parse_spec
+
+        if spec == "none":
+            return None
+        name, options = parse_spec(spec)
+        return self.load_part("purifier", name, run, **options)
+
     def check(self, method: str, *, face_model: str | None = None, encoder: str | None = None,
               face_finder: str | None = None, losses: Mapping[str, float] | None = None) -> dict[str, PartSpec]:
         """Resolve names and check capabilities before any weight is loaded."""

@@ -27,7 +27,7 @@ from guardkit.config import RunConfig
 from guardkit.errors import ConfigError, GuardkitError, NoFaceError
 from guardkit.imageio import collect_inputs, is_done, load_rgb, save_image
 from guardkit.prompts import prompt_group
-from guardkit.specs import parse_spec
+from guardkit.arrays import image_to_tensor, tensor_to_image
 from guardkit.types import EvalBatch, Face
 
 CSV_KEYS = ("photo", "method", "purify", "prompt", "seed")
@@ -58,15 +58,9 @@ class EvalResult:
     out_dir: Path
 
 
-def _to_tensor(array: np.ndarray, device):
-    import torch
-
-    return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)[None].float().div(255).to(device)
-
-
 def _edit(editor, image: np.ndarray, prompt: str, seed: int, device) -> np.ndarray:
     """The editor's output at the evaluation size (editors may work at their own resolution)."""
-    return _fit(editor.edit(_to_tensor(image, device), prompt, seed=seed), image)
+    return _fit(editor.edit(image_to_tensor(image, device), prompt, seed=seed), image)
 
 
 def _fit(edited, like: np.ndarray) -> np.ndarray:
@@ -75,13 +69,7 @@ def _fit(edited, like: np.ndarray) -> np.ndarray:
     if edited.shape[-2:] != like.shape[:2]:
         edited = F.interpolate(edited.float(), size=like.shape[:2], mode="bilinear", align_corners=False,
                                antialias=True)
-    return _to_array(edited)
-
-
-def _to_array(tensor) -> np.ndarray:
-    import torch
-
-    return torch.round(tensor[0].detach().float().clamp(0, 1) * 255).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    return tensor_to_image(edited)
 
 
 def square_portrait(image: np.ndarray, faces: Sequence[Face], size: int) -> tuple[np.ndarray, list[Face]]:
@@ -89,8 +77,8 @@ def square_portrait(image: np.ndarray, faces: Sequence[Face], size: int) -> tupl
     from guardkit.region import ModelSpace
 
     space = ModelSpace.around(image.shape[0], image.shape[1], faces, size)
-    square = space.to_model(space.crop(_to_tensor(image, "cpu")))
-    return _to_array(square), space.faces(faces)
+    square = space.to_model(space.crop(image_to_tensor(image, "cpu")))
+    return tensor_to_image(square), space.faces(faces)
 
 
 class _Cache:
@@ -165,29 +153,16 @@ def evaluate(engine, inputs: Sequence[str | Path], config: EvalConfig, out_dir: 
     paths = collect_inputs([Path(p) for p in inputs])
 
     # Parts that every sample shares: finder, editor, purifiers, metrics (unavailable ones reported).
-    finder = engine.registry.get("face_finder", "dlib").factory(run)
-    finder.load()
-    editor = None
-    if config.editor != "none":
-        editor = engine.registry.get("editor", config.editor).factory(run, **config.editor_options)
-        editor.load()
-    purifiers = {}
-    for spec in config.purify:
-        if spec == "none":
-            purifiers[spec] = None
-            continue
-        name, options = parse_spec(spec)
-        part = engine.registry.get("purifier", name).factory(run, **options)
-        part.load()
-        purifiers[spec] = part
+    finder = engine.load_part("face_finder", "dlib", run)
+    editor = engine.load_part("editor", config.editor, run, **config.editor_options) if config.editor != "none" \
+        else None
+    purifiers = {spec: engine.load_purifier(spec, run) for spec in config.purify}
     unavailable: dict[str, str] = {}
     metrics: dict[str, Any] = {}
     face_model_parts = {}
     for name in config.face_models:
         try:
-            model = engine.registry.get("face_model", name).factory(run)
-            model.load()
-            face_model_parts[name] = model
+            face_model_parts[name] = engine.load_part("face_model", name, run)
         except GuardkitError as exc:
             unavailable[f"face model {name}"] = str(exc)
     wanted = list(config.metrics) if config.metrics is not None else engine.registry.names("metric")
@@ -219,8 +194,8 @@ def evaluate(engine, inputs: Sequence[str | Path], config: EvalConfig, out_dir: 
             protectors[method] = engine.build_method(method, run, face_model=config.ensemble[0],
                                                      encoder=config.encoder, options=config.method_options,
                                                      part_options=config.part_options)[0]
-        clean = _to_tensor(square, device)
-        return _to_array(project(protectors[method].protect(clean, faces, run.budget).detach().float(), clean,
+        clean = image_to_tensor(square, device)
+        return tensor_to_image(project(protectors[method].protect(clean, faces, run.budget).detach().float(), clean,
                                  run.budget))
 
     def guarded_edit(method: str, square: np.ndarray, faces: Sequence[Face], prompt: str, seed: int) -> np.ndarray:
@@ -231,12 +206,12 @@ def evaluate(engine, inputs: Sequence[str | Path], config: EvalConfig, out_dir: 
             protectors[method] = engine.registry.get("edit_method", method).factory(
                 run, editor=editor, face_models=models, face_parser=parser, **config.method_options)
             protectors[method].load()
-        edited, _ = protectors[method].protect(_to_tensor(square, device), faces, prompt, seed=seed)
+        edited, _ = protectors[method].protect(image_to_tensor(square, device), faces, prompt, seed=seed)
         return _fit(edited, square)
 
     def purified(image: np.ndarray, purifier: Any) -> np.ndarray:
         generator = torch.Generator(device=device).manual_seed(run.seed)
-        return _to_array(purifier.purify(_to_tensor(image, device), generator))
+        return tensor_to_image(purifier.purify(image_to_tensor(image, device), generator))
 
     def samples(path: Path, square: np.ndarray, faces: Sequence[Face]):
         """(key, thunk) per sample; the thunk computes (protected, edited, edited_clean) only when needed."""
@@ -300,14 +275,14 @@ def evaluate(engine, inputs: Sequence[str | Path], config: EvalConfig, out_dir: 
                 continue
             square, square_faces = square_portrait(photo, faces, config.size)
             square = cache.get(["source", path.stem], lambda: square)
-            source = _to_tensor(square, device)
+            source = image_to_tensor(square, device)
             for key, thunk in samples(path, square, square_faces):
                 count += 1
                 if key in done:
                     continue
                 seen, edited, edited_clean = thunk()
-                batch = EvalBatch(source=source, protected=_to_tensor(seen, device), edited=_to_tensor(edited, device),
-                                  edited_clean=_to_tensor(edited_clean, device), prompt=key[3], faces=square_faces)
+                batch = EvalBatch(source=source, protected=image_to_tensor(seen, device), edited=image_to_tensor(edited, device),
+                                  edited_clean=image_to_tensor(edited_clean, device), prompt=key[3], faces=square_faces)
                 row: dict[str, Any] = dict(zip(CSV_KEYS, key))
                 row["group"] = prompt_group(key[3])
                 with torch.no_grad():

@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 from guardkit.config import RunConfig
 from guardkit.errors import GuardkitError, NoFaceError
 from guardkit.imageio import load_rgb
-from guardkit.specs import parse_spec
+from guardkit.arrays import image_to_tensor, tensor_to_image
 
 DEFAULT_PURIFY = ("none", "jpeg90", "jpeg75", "jpeg60", "blur", "rotate", "resize")
 
@@ -44,45 +44,35 @@ def verify(engine, protected: str | Path, reference: str | Path, *, face_models:
     run = run or RunConfig()
     warn = on_warning or (lambda message: None)
     device = run.torch_device()
-    finder = engine.registry.get("face_finder", "dlib").factory(run)
-    finder.load()
+    finder = engine.load_part("face_finder", "dlib", run)
     reference_image = load_rgb(Path(reference))
     reference_faces = finder.find(reference_image)
     if not reference_faces:
         raise NoFaceError(f"{reference}: no face found in the reference photo")
     photo = load_rgb(Path(protected))
 
-    def tensor(array):
-        return torch.from_numpy(array.copy()).permute(2, 0, 1)[None].float().div(255).to(device)
-
     probes = {}
     for spec in purify:
-        if spec == "none":
-            probes[spec] = photo
-            continue
-        name, options = parse_spec(spec)
-        part = engine.registry.get("purifier", name).factory(run, **options)
-        part.load()
-        out = part.purify(tensor(photo), torch.Generator(device=device).manual_seed(run.seed))
-        probes[spec] = torch.round(out[0].clamp(0, 1) * 255).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+        part = engine.load_purifier(spec, run)
+        probes[spec] = photo if part is None else tensor_to_image(
+            part.purify(image_to_tensor(photo, device), torch.Generator(device=device).manual_seed(run.seed)))
     found = {spec: finder.find(image) for spec, image in probes.items()}
 
     rows = []
     for name in face_models if face_models is not None else engine.registry.names("face_model"):
         try:
-            model = engine.registry.get("face_model", name).factory(run)
-            model.load()
+            model = engine.load_part("face_model", name, run)
         except GuardkitError as exc:
             warn(f"face model {name} skipped: {exc}")
             continue
         with torch.no_grad():
-            ref = model.embed(model.align(tensor(reference_image), reference_faces[:1]))
+            ref = model.embed(model.align(image_to_tensor(reference_image, device), reference_faces[:1]))
             for spec, image in probes.items():
                 faces = found[spec]
                 if not faces:
                     rows.append(VerifyRow(name, spec, math.nan, model.threshold, model.metric))
                     continue
-                emb = model.embed(model.align(tensor(image), faces))
+                emb = model.embed(model.align(image_to_tensor(image, device), faces))
                 distance = float(model.distance(emb, ref.expand_as(emb)).min())
                 rows.append(VerifyRow(name, spec, distance, model.threshold, model.metric))
     return rows
