@@ -92,7 +92,7 @@ class Engine:
 
         if spec == "none":
             return None
-        name, options = parse_spec(spec)
+        name, options = parse_spec(spec, self.registry.names("purifier"))
         return self.load_part("purifier", name, run, **options)
 
     def check(self, method: str, *, face_model: str | None = None, encoder: str | None = None,

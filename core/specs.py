@@ -4,8 +4,9 @@
 
 from __future__ import annotations
 
+import math
 import re
-from typing import Any
+from typing import Any, Collection
 
 from guardkit.errors import ConfigError
 
@@ -26,23 +27,55 @@ def number(text: str) -> int | float | str:
     return text
 
 
-def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
-    """One spec -> (part name, options). A malformed spec is a one-line ``ConfigError``."""
-    spec = spec.strip()
-    if not spec:
-        raise ConfigError("empty part spec")
-    if ":" in spec:
-        name, _, rest = spec.partition(":")
-        options = {}
-        for pair in rest.split(","):
-            key, sep, value = pair.partition("=")
-            if not sep or not key.strip():
-                raise ConfigError(f"bad option {pair!r} in {spec!r}: expected key=value")
-            options[key.strip()] = number(value.strip())
-        return name.strip(), options
-    match = re.fullmatch(r"([a-z][a-z-]*?)(\d+)", spec)
-    if match and match.group(1) in SHORTHANDS:
-        key, divisor = SHORTHANDS[match.group(1)]
-        value = int(match.group(2))
-        return match.group(1), {key: value if divisor == 1 else value / divisor}
-    return spec, {}
+_NAME = re.compile(r"[a-z][a-z0-9_-]*")
+_NAME_NUMBER = re.compile(r"([a-z][a-z_-]*?)(\d+)")
+_KEY = re.compile(r"[a-z_][a-z0-9_]*")
+
+
+def option_value(text: str) -> Any:
+    """An option value from the CLI: int, float, true/false, none, or the text itself."""
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered == "none":
+        return None
+    value = number(text)
+    return value if not isinstance(value, float) or math.isfinite(value) else text
+
+
+def parse_spec(spec: str, names: Collection[str] = ()) -> tuple[str, dict[str, Any]]:
+    """One spec -> (part name, options). ``names``: the parts that exist, so that ``color-jitter5`` (a
+    known name with a number it has no shorthand for) is refused instead of read as a name.
+
+    ``"none"`` -> ("none", {}); ``"jpeg75"`` -> ("jpeg", {"quality": 75}); ``"blur15"`` ->
+    ("blur", {"sigma": 1.5}); ``"jpeg:quality=60,..."``: the general form, values read by
+    ``option_value``. Names, keys and repeated keys are checked; anything else is a one-line
+    ``ConfigError``."""
+    if not isinstance(spec, str):
+        raise ConfigError(f"part spec must be a string, got {spec!r}")
+    hint = "expected e.g. none, jpeg75, blur, rotate10, resize50, color-jitter or jpeg:quality=60"
+    name, sep, rest = spec.strip().partition(":")
+    name = name.strip()
+    if not sep:
+        match = _NAME_NUMBER.fullmatch(name)
+        if match and match.group(1) in SHORTHANDS:
+            key, divisor = SHORTHANDS[match.group(1)]
+            value = int(match.group(2))
+            return match.group(1), {key: value if divisor == 1 else value / divisor}
+        if match and match.group(1) in names:
+            raise ConfigError(f"bad spec {spec!r}: {match.group(1)} has no number shorthand; "
+                              f"use {match.group(1)}:key=value")
+        if not _NAME.fullmatch(name):
+            raise ConfigError(f"bad spec {spec!r}: {hint}")
+        return name, {}
+    if not _NAME.fullmatch(name) or name == "none":
+        raise ConfigError(f"bad spec {spec!r}: {hint}")
+    options: dict[str, Any] = {}
+    for item in rest.split(","):
+        key, eq, value = (part.strip() for part in item.partition("="))
+        if not eq or not _KEY.fullmatch(key) or not value:
+            raise ConfigError(f"bad spec {spec!r}: options must read key=value, got {item.strip()!r}")
+        if key in options:
+            raise ConfigError(f"bad spec {spec!r}: option {key!r} given twice")
+        options[key] = option_value(value)
+    return name, options

@@ -13,8 +13,10 @@ import torch
 from guardkit.config import RunConfig
 from guardkit.errors import ConfigError, WeightsError
 from guardkit.plugins.purifiers import basic, diffpure
-from guardkit.plugins.purifiers.basic import parse_purifier
+from guardkit.specs import parse_spec
 from guardkit.registry import Registry, make_plugin_manager
+
+BUILTIN_NAMES = ("jpeg", "blur", "rotate", "resize", "color-jitter", "diffpure")
 
 BASIC = {
     "jpeg": basic.Jpeg,
@@ -207,7 +209,7 @@ def test_color_jitter_factors_follow_the_strengths():
     ("diffpure:t=0.2,steps=none,sampler=ddim", ("diffpure", {"t": 0.2, "steps": None, "sampler": "ddim"})),
 ])
 def test_parse_purifier(spec, expected):
-    assert parse_purifier(spec) == expected
+    assert parse_spec(spec, BUILTIN_NAMES) == expected
 
 
 @pytest.mark.parametrize("spec", [
@@ -217,21 +219,13 @@ def test_parse_purifier(spec, expected):
 ])
 def test_parse_purifier_errors_are_one_line(spec):
     with pytest.raises(ConfigError) as info:
-        parse_purifier(spec)
+        parse_spec(spec, BUILTIN_NAMES)
     assert "\n" not in str(info.value)
-
-
-def test_parse_purifier_agrees_with_parse_spec():
-    from guardkit.specs import parse_spec
-
-    specs = ("none", "jpeg60", "resize50", "rotate10", "blur15", "diffpure10", "jpeg:quality=60", "blur")
-    for spec in specs:
-        assert parse_purifier(spec) == parse_spec(spec)
 
 
 def test_parsed_shorthands_build_parts():
     for spec in ("jpeg90", "rotate10", "resize50", "blur:kernel=3,sigma=1", "color-jitter:hue=0.1"):
-        name, options = parse_purifier(spec)
+        name, options = parse_spec(spec, BUILTIN_NAMES)
         BASIC[name](RunConfig(), **options)
 
 

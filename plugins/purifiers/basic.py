@@ -17,7 +17,7 @@ The paper's settings (FaceLock, Tab. 3 / A6) are the defaults:
   batch gets its own draw.
 
 All take and return ``[B,3,H,W]`` in ``[0, 1]``; random draws come only from the ``generator`` passed
-to ``purify``, so a seeded generator gives the same result. ``parse_purifier`` turns the CLI's
+to ``purify``, so a seeded generator gives the same result. ``guardkit.specs.parse_spec`` turns the CLI's
 shorthands (``jpeg75``, ``rotate10``, ``resize50``, ``blur15``, ``jpeg:quality=60``) into ``(name, options)``.
 
 Example: ``Jpeg(RunConfig(), quality=60).purify(images, torch.Generator().manual_seed(0))``
@@ -25,8 +25,6 @@ Example: ``Jpeg(RunConfig(), quality=60).purify(images, torch.Generator().manual
 
 from __future__ import annotations
 
-import math
-import re
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -37,7 +35,6 @@ from guardkit import hookimpl
 from guardkit.config import RunConfig, build_config
 from guardkit.eot import jpeg_bpda
 from guardkit.errors import ConfigError
-from guardkit.specs import SHORTHANDS
 
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale (ITU-R 601-2 luma)
 
@@ -358,74 +355,6 @@ class ColorJitter:
 
 
 # ----------------------------------------------------------------------------- parse_purifier
-BUILTIN_NAMES = ("jpeg", "blur", "rotate", "resize", "color-jitter", "diffpure")
-_NAME = re.compile(r"[a-z][a-z0-9_-]*")
-_NAME_NUMBER = re.compile(r"([a-z][a-z_-]*?)(\d+)")
-_KEY = re.compile(r"[a-z_][a-z0-9_]*")
-
-
-def _value(text: str) -> Any:
-    """An option value from the CLI: int, float, true/false, none, or the text itself."""
-    lowered = text.lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    if lowered == "none":
-        return None
-    for convert in (int, float):
-        try:
-            number = convert(text)
-        except ValueError:
-            continue
-        if convert is float and not math.isfinite(number):
-            break
-        return number
-    return text
-
-
-def parse_purifier(spec: str) -> tuple[str, dict[str, Any]]:
-    """A CLI purifier spec -> ``(name, options)``.
-
-    ``"none"`` -> ("none", {}); ``"jpeg75"`` -> ("jpeg", {"quality": 75}); ``"rotate10"`` ->
-    ("rotate", {"degrees": 10}); ``"resize50"`` -> ("resize", {"scale": 0.5}) (percent of each side);
-    ``"blur"`` -> ("blur", {}); ``"blur15"`` -> ("blur", {"sigma": 1.5}); ``"diffpure10"`` ->
-    ("diffpure", {"t": 0.1}) (the number shorthands are ``guardkit.specs.SHORTHANDS``, shared with
-    ``guardkit.specs.parse_spec``; the number is a whole number); general form
-    ``"name:key=value,key=value"``, e.g. ``"jpeg:quality=60"`` -> ("jpeg", {"quality": 60}).
-    Values become int, float, bool (true/false) or None (none) where they read as one; unlike
-    ``parse_spec``, names, keys and repeated keys are checked.
-    Raises a one-line ``ConfigError`` on anything else.
-    """
-    if not isinstance(spec, str):
-        raise ConfigError(f"purifier spec must be a string, got {spec!r}")
-    text = spec.strip()
-    hint = "expected e.g. none, jpeg75, blur, rotate10, resize50, color-jitter or jpeg:quality=60"
-    name, sep, rest = text.partition(":")
-    name = name.strip()
-    if not sep:
-        match = _NAME_NUMBER.fullmatch(name)
-        if match and match.group(1) in SHORTHANDS:
-            key, divisor = SHORTHANDS[match.group(1)]
-            value = int(match.group(2))
-            return match.group(1), {key: value if divisor == 1 else value / divisor}
-        if match and match.group(1) in BUILTIN_NAMES:
-            raise ConfigError(f"bad purifier spec {spec!r}: {match.group(1)} has no number shorthand; "
-                              f"use {match.group(1)}:key=value")
-        if not _NAME.fullmatch(name):
-            raise ConfigError(f"bad purifier spec {spec!r}: {hint}")
-        return name, {}
-    if not _NAME.fullmatch(name) or name == "none":
-        raise ConfigError(f"bad purifier spec {spec!r}: {hint}")
-    options: dict[str, Any] = {}
-    for item in rest.split(","):
-        key, eq, value = (part.strip() for part in item.partition("="))
-        if not eq or not _KEY.fullmatch(key) or not value:
-            raise ConfigError(f"bad purifier spec {spec!r}: options must read key=value, got {item.strip()!r}")
-        if key in options:
-            raise ConfigError(f"bad purifier spec {spec!r}: option {key!r} given twice")
-        options[key] = _value(value)
-    return name, options
-
-
 @hookimpl
 def guardkit_register_purifiers(register):
     register("jpeg", Jpeg, summary="Pillow JPEG round trip, quality=75 (straight-through gradient)")
