@@ -119,8 +119,10 @@ def pgd(
         objective: ``(x_adv, step) -> Tensor[B]`` to maximise, one value per image, so images of a
             batch are optimised independently (batch-consistent).
         budget: eps (pixel units), steps, norm, random start.
-        step_size: first step (default ``budget.step_size`` or eps/4), decayed to
-            ``final_step_size`` (default step_size/10) along ``schedule`` ("cosine" or "linear").
+        step_size: first step (default ``budget.step_size`` or eps/4), decayed towards
+            ``final_step_size`` (default step_size/10) along ``schedule`` ("cosine" or "linear"), which it
+            reaches one step after the last (the rule of FaceLock's released code): every step moves,
+            even with a final step size of 0.
         quantize: optimise the 8-bit rounded image (straight-through), as it will be saved.
 
     Example: ``x_adv = pgd(x, lambda xa, t: loss(xa), Budget(eps=4/255, steps=100), generator=g)``
@@ -135,7 +137,7 @@ def pgd(
         x_in = quantize_ste(x_adv) if quantize else x_adv
         value = objective(x_in, step)
         (grad,) = torch.autograd.grad(value.sum(), x_adv)
-        alpha = decay(step, budget.steps, first, last)
+        alpha = decay(step, budget.steps + 1, first, last)  # ``last`` at step ``steps``: no zero step
         if budget.norm == "linf":
             update = grad.sign()
         else:

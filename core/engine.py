@@ -12,21 +12,23 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from guardkit.config import RunConfig
+from guardkit.ensemble import Member, parse_models
 from guardkit.errors import CapabilityError, GuardkitError, ImageError, NoFaceError
 from guardkit.imageio import IMAGE_SUFFIXES, collect_inputs, is_done, load_rgb, plan_outputs, save_image
 from guardkit.registry import PluginError, Registry, make_plugin_manager
 from guardkit.types import Face, PartSpec, WeightedLoss
 
 DEFAULT_METHOD = "fr-cloak"
-DEFAULT_FACE_MODEL = "dlib"
-DEFAULT_FACE_FINDER = "dlib"
+DEFAULT_FACE_MODELS = ("dlib", "facenet")  # two families: the default protects against both at once
+DEFAULT_FACE_MODEL = DEFAULT_FACE_MODELS[0]
+DEFAULT_FACE_FINDER = "dlib"  # for a face model that names no finder of its own
 DEFAULT_ENCODER = "sd-vae"
 
 
@@ -41,16 +43,20 @@ class PhotoResult:
     faces: int = 0
     linf: float = 0.0  # largest pixel change, in [0, 1] units
     psnr: float = 0.0  # whole photo, dB
-    fr_distance: float = math.nan  # smallest clean-vs-protected distance over the faces, model's metric
+    fr_distance: float = math.nan  # smallest clean-vs-protected distance over the faces, first model's metric
+    distances: dict[str, float] = field(default_factory=dict)  # the same for every attacked face model
     seconds: float = 0.0
     protected: np.ndarray | None = field(default=None, repr=False)
 
 
 @dataclass
 class ProtectResult:
+    """``face_model``/``threshold``: the first face model's; ``thresholds``: every attacked model's."""
+
     photos: list[PhotoResult]
     face_model: str = ""
     threshold: float = math.nan
+    thresholds: dict[str, float] = field(default_factory=dict)
 
     @property
     def failed(self) -> list[PhotoResult]:
@@ -64,6 +70,31 @@ class ProtectResult:
             save_image(photo.protected, plan[photo.source], fmt=fmt)
             photo.output = plan[photo.source]
         return [plan[p.source] for p in kept]
+
+
+@dataclass
+class BuiltMethod:
+    """A method with its loaded parts: the face models (``members``, in order) and their face finders
+    by name (each finder runs once per photo however many models read its faces)."""
+
+    method: Any
+    members: list[Member]
+    finders: dict[str, Any]
+
+    @property
+    def face_model(self) -> Any:
+        return self.members[0].model if self.members else None
+
+    def find_faces(self, image: np.ndarray, source: Path | str) -> list[Face]:
+        """Every finder's faces, tagged with the finder's name; a photo where the first model's finder
+        finds no face fails (``NoFaceError``)."""
+        faces: list[Face] = []
+        for name, finder in self.finders.items():
+            found = [replace(f, finder=name) for f in finder.find(image)]
+            if name == self.members[0].finder and not found:
+                raise NoFaceError(f"{source}: no face found")
+            faces += found
+        return faces
 
 
 class Engine:
@@ -95,32 +126,41 @@ class Engine:
         name, options = parse_spec(spec, self.registry.names("purifier"))
         return self.load_part("purifier", name, run, **options)
 
-    def check(self, method: str, *, face_model: str | None = None, encoder: str | None = None,
-              face_finder: str | None = None, losses: Mapping[str, float] | None = None) -> dict[str, PartSpec]:
-        """Resolve names and check capabilities before any weight is loaded."""
-        specs = {"method": self.registry.get("method", method)}
-        needs = set(specs["method"].capabilities.get("needs", ()))
-        grads = bool(specs["method"].capabilities.get("needs_gradients", False))
-        chosen = {"face_model": face_model, "encoder": encoder}
-        for kind in ("face_model", "encoder"):
-            if kind in needs and chosen[kind] is None:
-                raise CapabilityError(f"method {method!r} needs a {kind.replace('_', ' ')}; none was given")
-            if chosen[kind] is not None:
-                specs[kind] = self.registry.get(kind, chosen[kind])
-                if grads and not specs[kind].capabilities.get("differentiable", False):
-                    raise CapabilityError(
-                        f"method {method!r} needs gradients, but {kind.replace('_', ' ')} {chosen[kind]!r} "
-                        f"has none (it can score results, not drive an attack)")
-        if "face_model" in specs:
-            if face_finder is None:
-                raise CapabilityError(f"method {method!r} needs a face finder; none was given")
-            specs["face_finder"] = finder = self.registry.get("face_finder", face_finder)
+    def check(self, method: str, *, face_model: str | Sequence[str] | None = None, encoder: str | None = None,
+              face_finder: str | None = None, losses: Mapping[str, float] | None = None) -> dict[str, Any]:
+        """Resolve names and check capabilities before any weight is loaded.
+
+        ``face_model``: one name or several (an ensemble, for methods that accept one). Each face model
+        reads the faces of ``face_finder`` when one is given, else of its own ``default_finder``.
+        Returns the specs by kind; ``"face_models"`` is a list of ``(model spec, finder spec)``."""
+        specs: dict[str, Any] = {"method": self.registry.get("method", method)}
+        capabilities = specs["method"].capabilities
+        needs = set(capabilities.get("needs", ()))
+        grads = bool(capabilities.get("needs_gradients", False))
+        models = parse_models(face_model)
+        if "face_model" in needs and not models:
+            raise CapabilityError(f"method {method!r} needs a face model; none was given")
+        if len(models) > 1 and not capabilities.get("accepts_ensemble", False):
+            raise CapabilityError(f"method {method!r} takes one face model, got {len(models)} ({', '.join(models)})")
+        if "encoder" in needs and encoder is None:
+            raise CapabilityError(f"method {method!r} needs an encoder; none was given")
+        if encoder is not None:
+            specs["encoder"] = self._part_for_method("encoder", encoder, method, grads)
+        pairs = []
+        for name in models:
+            model = self._part_for_method("face_model", name, method, grads)
+            finder_name = face_finder or model.capabilities.get("default_finder") or DEFAULT_FACE_FINDER
+            finder = self.registry.get("face_finder", finder_name)
             scheme = finder.capabilities.get("scheme")
-            accepted = specs["face_model"].capabilities.get("schemes", ())
+            accepted = model.capabilities.get("schemes", ())
             if scheme not in accepted:
                 raise CapabilityError(
-                    f"face finder {face_finder!r} gives {scheme} landmarks; face model {face_model!r} "
+                    f"face finder {finder_name!r} gives {scheme} landmarks; face model {name!r} "
                     f"aligns from {', '.join(accepted) or 'none'}")
+            pairs.append((model, finder))
+        if pairs:
+            specs["face_models"] = pairs
+            specs["face_model"], specs["face_finder"] = pairs[0]
         for name in (losses or {}):
             loss = self.registry.get("loss", name)
             missing = set(loss.capabilities.get("needs", ())) - set(specs)
@@ -129,32 +169,84 @@ class Engine:
                                       f"{method!r} was not given")
         return specs
 
-    def build_method(self, method: str, run: RunConfig, *, face_model: str | None = DEFAULT_FACE_MODEL,
-                     encoder: str | None = None, face_finder: str | None = DEFAULT_FACE_FINDER,
-                     losses: Mapping[str, float] | None = None, options: Mapping[str, Any] | None = None,
-                     part_options: Mapping[str, Mapping[str, Any]] | None = None) -> tuple[Any, Any, Any]:
-        """Check, then construct and load the parts. Returns ``(method, face_model, face_finder)``.
+    def _part_for_method(self, kind: str, name: str, method: str, gradients: bool) -> PartSpec:
+        spec = self.registry.get(kind, name)
+        if gradients and not spec.capabilities.get("differentiable", False):
+            raise CapabilityError(
+                f"method {method!r} needs gradients, but {kind.replace('_', ' ')} {name!r} "
+                f"has none (it can score results, not drive an attack)")
+        return spec
 
-        ``part_options`` maps a kind ("encoder", "face_model", "face_finder") to its part's options
-        (e.g. ``{"encoder": {"path": "/weights/sd-vae"}}``). A method that needs an encoder and is
-        given none gets ``sd-vae``."""
+    def build_method(self, method: str, run: RunConfig, *, face_model: str | Sequence[str] | None = None,
+                     encoder: str | None = None, face_finder: str | None = None,
+                     losses: Mapping[str, float] | None = None, options: Mapping[str, Any] | None = None,
+                     part_options: Mapping[str, Mapping[str, Any]] | None = None) -> "BuiltMethod":
+        """Check, then construct and load the parts.
+
+        ``face_model`` None: the method's default (``DEFAULT_FACE_MODELS`` for a method that takes an
+        ensemble, else ``DEFAULT_FACE_MODEL``). ``part_options`` maps a kind ("encoder", "face_model", "face_finder") to its part's options
+        (e.g. ``{"encoder": {"path": "/weights/sd-vae"}}``); face-model options apply to the first face
+        model only (a weight file names one model). A method that needs an encoder and is given none gets
+        ``sd-vae``. Methods that accept an ensemble get every face model as ``face_models``; the others
+        get their one ``face_model``."""
         method_spec = self.registry.get("method", method)
         needs = set(method_spec.capabilities.get("needs", ()))
+        ensemble = bool(method_spec.capabilities.get("accepts_ensemble", False))
+        if face_model is None:  # the method's default: the ensemble, or its first model
+            face_model = DEFAULT_FACE_MODELS if ensemble else DEFAULT_FACE_MODEL
         face_model = face_model if "face_model" in needs else None
         encoder = (encoder or DEFAULT_ENCODER) if "encoder" in needs else None
         loss_weights = dict(losses) if losses else dict(getattr(method_spec.factory, "default_losses", {}))
-        specs = self.check(method, face_model=face_model, encoder=encoder,
-                           face_finder=face_finder if face_model else None, losses=loss_weights)
-        parts = {}
-        for kind in ("face_model", "encoder", "face_finder"):
-            if kind in specs:
-                parts[kind] = specs[kind].factory(run, **dict((part_options or {}).get(kind, {})))
-                parts[kind].load()
+        specs = self.check(method, face_model=face_model, encoder=encoder, face_finder=face_finder,
+                           losses=loss_weights)
+        options_of = {kind: dict((part_options or {}).get(kind, {})) for kind in ("encoder", "face_model", "face_finder")}
+        kwargs: dict[str, Any] = {}
+        if "encoder" in specs:
+            kwargs["encoder"] = self._build(specs["encoder"], run, options_of["encoder"])
+        finders: dict[str, Any] = {}
+        members = []
+        for i, (model_spec, finder_spec) in enumerate(specs.get("face_models", [])):
+            if finder_spec.name not in finders:
+                finders[finder_spec.name] = self._build(finder_spec, run, options_of["face_finder"])
+            model = self._build(model_spec, run, options_of["face_model"] if i == 0 else {})
+            members.append(Member(model_spec.name, model, finder_spec.name))
+        if members:
+            if method_spec.capabilities.get("accepts_ensemble", False):
+                kwargs["face_models"] = members
+            else:
+                kwargs["face_model"] = members[0].model
         built_losses = [WeightedLoss(w, self.registry.get("loss", name).factory(), name)
                         for name, w in loss_weights.items()]
-        kwargs = {k: v for k, v in parts.items() if k != "face_finder"}
         instance = method_spec.factory(run, losses=built_losses, **kwargs, **dict(options or {}))
-        return instance, parts.get("face_model"), parts.get("face_finder")
+        return BuiltMethod(instance, members, finders)
+
+    @staticmethod
+    def _build(spec: PartSpec, run: RunConfig, options: Mapping[str, Any]) -> Any:
+        part = spec.factory(run, **dict(options))
+        part.load()
+        return part
+
+    def resolve_strength(self, method: str, run: RunConfig | None, strength: str | None,
+                         options: Mapping[str, Any] | None, *, eps: float | None = None, steps: int | None = None,
+                         explicit_run: bool | None = None) -> tuple[RunConfig, dict[str, Any]]:
+        """The run and method options a protection uses: ``strength``'s preset under explicit ``eps``,
+        ``steps`` and ``options``. When no strength is named and the run's budget was not chosen by the
+        caller (no ``run``, or ``explicit_run=False`` as from the CLI), a method with presets runs its
+        ``low`` preset and one without runs its own default step count; a chosen run's budget is kept."""
+        from guardkit.strength import apply_strength, default_strength
+
+        factory = self.registry.get("method", method).factory
+        explicit = run is not None if explicit_run is None else explicit_run
+        base = run or RunConfig()
+        if strength is None and not explicit:
+            strength = default_strength(factory)
+        if strength is not None:
+            budget, merged = apply_strength(factory, strength, base.budget, options, eps=eps, steps=steps)
+            return replace(base, budget=budget), merged
+        if not explicit:
+            base = base.with_budget(steps=getattr(factory, "default_steps", base.budget.steps))
+        changes = {k: v for k, v in (("eps", eps), ("steps", steps)) if v is not None}
+        return (base.with_budget(**changes) if changes else base), dict(options or {})
 
     # ----------------------------------------------------------------------------- files
     def protect(
@@ -162,10 +254,11 @@ class Engine:
         inputs: Sequence[str | Path],
         *,
         method: str = DEFAULT_METHOD,
-        face_model: str | None = DEFAULT_FACE_MODEL,
-        face_finder: str = DEFAULT_FACE_FINDER,
+        face_model: str | Sequence[str] | None = None,
+        face_finder: str | None = None,
         encoder: str | None = None,
         run: RunConfig | None = None,
+        strength: str | None = None,
         losses: Mapping[str, float] | None = None,
         options: Mapping[str, Any] | None = None,
         part_options: Mapping[str, Mapping[str, Any]] | None = None,
@@ -183,20 +276,24 @@ class Engine:
         without, they are kept in memory for ``ProtectResult.save``. A photo that fails (unreadable,
         no face, ...) is reported in its ``PhotoResult`` and the others go on. ``on_step(step, steps)``
         follows the optimisation of the current batch (progress bars).
+
+        ``strength`` (``low``/``mid``/``high`` for methods with presets, see ``guardkit methods show``)
+        sets the budget's eps and steps and the method's options; explicit ``options`` win. Without it
+        (and without ``run``), a method with presets runs its ``low`` preset, as ``guardkit run`` does.
         """
         import torch
 
         from guardkit.attack import project, reporting_steps
 
-        run = run or RunConfig()
+        run, options = self.resolve_strength(method, run, strength, options)
         paths = collect_inputs([Path(p) for p in inputs])
         if not paths:
             raise ImageError(f"no photos found in {', '.join(str(p) for p in inputs)} "
                              f"(looked for {', '.join(IMAGE_SUFFIXES)})")
         plan = plan_outputs(paths, Path(output_dir), fmt) if output_dir is not None else {}
-        protector, model, finder = self.build_method(method, run, face_model=face_model, encoder=encoder,
-                                                     face_finder=face_finder, losses=losses, options=options,
-                                                     part_options=part_options)
+        built = self.build_method(method, run, face_model=face_model, encoder=encoder, face_finder=face_finder,
+                                  losses=losses, options=options, part_options=part_options)
+        protector, members = built.method, built.members
         if run.threads:
             torch.set_num_threads(run.threads)
         device = run.torch_device()
@@ -216,9 +313,7 @@ class Engine:
                     continue
                 try:
                     image = load_rgb(path)
-                    faces = finder.find(image) if finder is not None else []
-                    if finder is not None and not faces:
-                        raise NoFaceError(f"{path}: no face found")
+                    faces = built.find_faces(image, path) if members else []
                 except GuardkitError as exc:
                     finish(PhotoResult(path, "failed", error=str(exc)))
                     continue
@@ -237,7 +332,8 @@ class Engine:
                 if not torch.isfinite(adv).all():
                     raise GuardkitError("the protection produced non-finite pixels")
                 adv8 = torch.round(adv * 255).clamp(0, 255).to(torch.uint8)
-                distances = _face_distances(model, clean, adv8.float() / 255, faces)
+                distances = {m.name: _face_distances(m.model, clean, adv8.float() / 255, m.faces(faces))
+                             for m in members}
             except (GuardkitError, RuntimeError, ValueError) as exc:
                 for path, _, _ in batch:
                     finish(PhotoResult(path, "failed", error=f"{path}: {exc}"))
@@ -245,11 +341,13 @@ class Engine:
             seconds = (time.perf_counter() - started) / len(batch)
             for i, (path, image, fs) in enumerate(batch):
                 protected = adv8[i].permute(1, 2, 0).cpu().numpy()
-                result = PhotoResult(path, "protected", faces=len(fs), seconds=seconds,
+                smallest = {m.name: min((d for d, f in zip(distances[m.name], m.faces(faces)) if f.image_index == i),
+                                        default=math.nan) for m in members}
+                counted = members[0].faces(fs) if members else fs
+                result = PhotoResult(path, "protected", faces=len(counted), seconds=seconds,
                                      linf=float(np.abs(protected.astype(np.int16) - image).max()) / 255,
-                                     psnr=psnr(image, protected),
-                                     fr_distance=min((d for d, f in zip(distances, faces) if f.image_index == i),
-                                                     default=math.nan))
+                                     psnr=psnr(image, protected), distances=smallest,
+                                     fr_distance=smallest[members[0].name] if members else math.nan)
                 if path in plan:
                     try:
                         save_image(protected, plan[path], fmt=fmt)
@@ -261,8 +359,9 @@ class Engine:
                 finish(result)
         order = {p: i for i, p in enumerate(paths)}
         results.sort(key=lambda r: order[r.source])
-        threshold = model.threshold if model is not None else math.nan
-        return ProtectResult(results, face_model=face_model or "", threshold=threshold)
+        thresholds = {m.name: float(m.model.threshold) for m in members}
+        return ProtectResult(results, face_model=members[0].name if members else "",
+                             threshold=thresholds[members[0].name] if members else math.nan, thresholds=thresholds)
 
 
 def _batches_of_same_size(items: Iterable, size: int) -> Iterable[list]:

@@ -31,6 +31,22 @@ from guardkit.arrays import image_to_tensor, tensor_to_image
 from guardkit.types import EvalBatch, Face
 
 CSV_KEYS = ("photo", "method", "purify", "prompt", "seed")
+TEXT_KEYS = ("group", "purify_seed")  # further text columns of samples.csv
+
+
+def purification_seed(run_seed: int, photo: str, seed: int) -> int:
+    """The seed of one sample's purification draws (rotation angle, colour jitter, DiffPure noise): one per
+    (run seed, photo, sample seed), so photos and seeds get their own draws; written to samples.csv."""
+    import zlib
+
+    return zlib.crc32(f"{run_seed}|{photo}|{seed}".encode()) & 0x7FFFFFFF
+
+
+def purification_generator(run_seed: int, photo: str, seed: int, device: Any):
+    """A torch generator on ``device`` seeded with ``purification_seed``."""
+    import torch
+
+    return torch.Generator(device=device).manual_seed(purification_seed(run_seed, photo, seed))
 
 
 @dataclass
@@ -45,6 +61,7 @@ class EvalConfig:
     size: int = 512
     encoder: str | None = None
     ensemble: Sequence[str] = ("dlib",)  # face models the methods attack; others are reported as held out
+    face_parser: str = "landmarks"  # the edit methods' face parser (as ``guardkit edit --parser``)
     method_options: dict[str, Any] = field(default_factory=dict)
     editor_options: dict[str, Any] = field(default_factory=dict)
     part_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # for the methods' parts
@@ -70,6 +87,14 @@ def _fit(edited, like: np.ndarray) -> np.ndarray:
         edited = F.interpolate(edited.float(), size=like.shape[:2], mode="bilinear", align_corners=False,
                                antialias=True)
     return tensor_to_image(edited)
+
+
+def _clean_of(method: str, report: Any, like: np.ndarray) -> np.ndarray:
+    """An edit method's clean baseline from its report (``report.clean``), at the evaluation size."""
+    clean = getattr(report, "clean", None)
+    if clean is None:
+        raise ConfigError(f"edit method {method!r} reports no clean edit ('clean') to score its edit against")
+    return _fit(clean, like)
 
 
 def square_portrait(image: np.ndarray, faces: Sequence[Face], size: int) -> tuple[np.ndarray, list[Face]]:
@@ -105,7 +130,7 @@ def _read_rows(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     with open(path, newline="") as fh:
-        return [{k: v if k in CSV_KEYS or k == "group" else _parse_float(v) for k, v in row.items()}
+        return [{k: v if k in CSV_KEYS or k in TEXT_KEYS else _parse_float(v) for k, v in row.items()}
                 for row in csv.DictReader(fh)]
 
 
@@ -191,26 +216,39 @@ def evaluate(engine, inputs: Sequence[str | Path], config: EvalConfig, out_dir: 
         from guardkit.attack import project
 
         if method not in protectors:
-            protectors[method] = engine.build_method(method, run, face_model=config.ensemble[0],
-                                                     encoder=config.encoder, options=config.method_options,
-                                                     part_options=config.part_options)[0]
+            ensemble = engine.registry.get("method", method).capabilities.get("accepts_ensemble", False)
+            protectors[method] = engine.build_method(
+                method, run, face_model=list(config.ensemble) if ensemble else config.ensemble[0],
+                encoder=config.encoder, options=config.method_options, part_options=config.part_options).method
         clean = image_to_tensor(square, device)
         return tensor_to_image(project(protectors[method].protect(clean, faces, run.budget).detach().float(), clean,
                                  run.budget))
 
-    def guarded_edit(method: str, square: np.ndarray, faces: Sequence[Face], prompt: str, seed: int) -> np.ndarray:
-        """An edit method's privacy-preserving edit, against the ensemble of ``config.ensemble``."""
+    def edit_protector(method: str) -> Any:
         if method not in protectors:
             models = [engine.registry.get("face_model", n).factory(run) for n in config.ensemble]
-            parser = engine.registry.get("face_parser", "landmarks").factory(run)
+            parser = engine.registry.get("face_parser", config.face_parser).factory(run)
             protectors[method] = engine.registry.get("edit_method", method).factory(
                 run, editor=editor, face_models=models, face_parser=parser, **config.method_options)
             protectors[method].load()
-        edited, _ = protectors[method].protect(image_to_tensor(square, device), faces, prompt, seed=seed)
+        return protectors[method]
+
+    def guarded_edit(method: str, square: np.ndarray, faces: Sequence[Face], prompt: str, seed: int,
+                     stem: str) -> np.ndarray:
+        """An edit method's privacy-preserving edit, against the ensemble of ``config.ensemble``; its clean
+        baseline (the same trajectory, controls and sampler without the adversarial stage: the report's
+        ``clean``) is cached beside it, so PSNR/SSIM/LPIPS/CLIP-S measure the protection alone."""
+        edited, report = edit_protector(method).protect(image_to_tensor(square, device), faces, prompt, seed=seed)
+        cache.get(["guarded-clean", method, stem, _slug(prompt), str(seed)], lambda: _clean_of(method, report, square))
         return _fit(edited, square)
 
-    def purified(image: np.ndarray, purifier: Any) -> np.ndarray:
-        generator = torch.Generator(device=device).manual_seed(run.seed)
+    def guarded_clean(method: str, square: np.ndarray, faces: Sequence[Face], prompt: str, seed: int) -> np.ndarray:
+        """The clean trajectory alone, when its cached copy is missing (a folder from an older run)."""
+        _, report = edit_protector(method).protect(image_to_tensor(square, device), faces, prompt, seed=seed)
+        return _clean_of(method, report, square)
+
+    def purified(image: np.ndarray, purifier: Any, photo: str, seed: int) -> np.ndarray:
+        generator = purification_generator(run.seed, photo, seed, device)
         return tensor_to_image(purifier.purify(image_to_tensor(image, device), generator))
 
     def samples(path: Path, square: np.ndarray, faces: Sequence[Face]):
@@ -231,17 +269,21 @@ def evaluate(engine, inputs: Sequence[str | Path], config: EvalConfig, out_dir: 
                         if method in edit_methods:  # the edit is the protection; purified after editing
                             def thunk(method=method, spec=spec, purifier=purifier, prompt=prompt, seed=seed):
                                 raw = cache.get(["guarded", method, stem, _slug(prompt), str(seed)],
-                                                lambda: guarded_edit(method, square, faces, prompt, seed))
+                                                lambda: guarded_edit(method, square, faces, prompt, seed, stem))
+                                baseline = cache.get(  # written by guarded_edit; computed again if missing
+                                    ["guarded-clean", method, stem, _slug(prompt), str(seed)],
+                                    lambda: guarded_clean(method, square, faces, prompt, seed))
                                 seen = raw if purifier is None else cache.get(
                                     ["guarded-purified", method, spec, stem, _slug(prompt), str(seed)],
-                                    lambda: purified(raw, purifier))
-                                return seen, seen, clean_edit(prompt, seed)
+                                    lambda: purified(raw, purifier, path.name, seed))
+                                return seen, seen, baseline
                         else:  # protect, purify, then edit
                             def thunk(method=method, spec=spec, purifier=purifier, prompt=prompt, seed=seed):
                                 protected = square if method == "none" else cache.get(
                                     ["protected", method, stem], lambda: protect(method, square, faces))
                                 seen = protected if purifier is None else cache.get(
-                                    ["purified", method, spec, stem], lambda: purified(protected, purifier))
+                                    ["purified", method, spec, stem, str(seed)],
+                                    lambda: purified(protected, purifier, path.name, seed))
                                 if editor is None:
                                     return seen, seen, square
                                 edited = cache.get(["edits", method, spec, stem, _slug(prompt), str(seed)],
@@ -252,7 +294,7 @@ def evaluate(engine, inputs: Sequence[str | Path], config: EvalConfig, out_dir: 
     csv_path = out / "samples.csv"
     rows = _read_rows(csv_path)
     done = {_row_key(r) for r in rows}
-    fieldnames = [*CSV_KEYS, "group", *metrics]
+    fieldnames = [*CSV_KEYS, "group", "purify_seed", *metrics]
     if rows and list(rows[0]) != fieldnames:
         warn(f"{csv_path} was written with other metrics; starting it again")
         rows, done = [], set()
@@ -285,6 +327,7 @@ def evaluate(engine, inputs: Sequence[str | Path], config: EvalConfig, out_dir: 
                                   edited_clean=image_to_tensor(edited_clean, device), prompt=key[3], faces=square_faces)
                 row: dict[str, Any] = dict(zip(CSV_KEYS, key))
                 row["group"] = prompt_group(key[3])
+                row["purify_seed"] = str(purification_seed(run.seed, key[0], int(key[4])))
                 with torch.no_grad():
                     for label, metric in metrics.items():
                         row[label] = float(metric.score(batch).float().mean())

@@ -1,11 +1,15 @@
-"""Differentiable geometry shared by parts: random similarity jitter of face chips (EOT)."""
+"""Geometry shared by parts: random similarity jitter of face chips and of faces (EOT), moving faces."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
+
+from guardkit.types import Face
 
 
 def jitter_chips(
@@ -52,3 +56,41 @@ def jitter_chips(
     grid = F.affine_grid(theta, [total, chips.shape[1], height, width], align_corners=True)
     source = chips.repeat(draws, 1, 1, 1)
     return F.grid_sample(source, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+
+
+def shift_face(face: Face, dx: float, dy: float) -> Face:
+    """``face`` with its box and landmarks moved by (dx, dy) photo pixels."""
+    left, top, right, bottom = face.box
+    points = tuple((x + dx, y + dy) for x, y in face.landmarks)
+    return replace(face, box=(left + dx, top + dy, right + dx, bottom + dy), landmarks=points)  # type: ignore[arg-type]
+
+
+def jitter_faces(faces: Sequence[Face], draws: int, generator: torch.Generator, *, scale: float = 0.08,
+                 shift: float = 0.05, rotation_deg: float = 5.0) -> list[Face]:
+    """``draws`` random similarity moves of every face's box and landmarks: ``draws * len(faces)`` faces
+    (K blocks of N, the order of ``jitter_chips``).
+
+    Each draw scales a face about its box centre by ``1 + U(-scale, scale)``, rotates its landmarks by
+    ``U(-rotation_deg, rotation_deg)``, and shifts it by ``U(-shift, shift)`` of its box side in x and y.
+    A face model's own ``align`` then cuts its chip from the photo at that place: expectation over the
+    detectors, boxes and landmark fits of face recognition pipelines we cannot see (they all crop a little
+    differently), read from the photo itself rather than from a resampled chip. The box stays upright
+    (box-cropping models see the scale and shift; landmark-aligned ones also the rotation)."""
+    out: list[Face] = []
+    rand = torch.rand((draws, max(len(faces), 1), 4), generator=generator, device=generator.device).tolist()
+    for k in range(draws):
+        for i, face in enumerate(faces):
+            u_scale, u_angle, u_x, u_y = (2 * v - 1 for v in rand[k][i])
+            left, top, right, bottom = face.box
+            cx, cy = (left + right) / 2, (top + bottom) / 2
+            side = max(right - left, bottom - top)
+            s = 1 + scale * u_scale
+            a = math.radians(rotation_deg * u_angle)
+            dx, dy = shift * side * u_x, shift * side * u_y
+            cos, sin = s * math.cos(a), s * math.sin(a)
+            points = tuple((cx + cos * (x - cx) - sin * (y - cy) + dx, cy + sin * (x - cx) + cos * (y - cy) + dy)
+                           for x, y in face.landmarks)
+            half_w, half_h = s * (right - left) / 2, s * (bottom - top) / 2
+            box = (cx + dx - half_w, cy + dy - half_h, cx + dx + half_w, cy + dy + half_h)
+            out.append(replace(face, box=box, landmarks=points))  # type: ignore[arg-type]
+    return out

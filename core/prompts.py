@@ -1,5 +1,8 @@
 """Named prompt sets for evaluation. ``paper``: the 25 editing prompts of the FaceLock paper
-(Tab. A3), in three groups: facial features (10), accessories (8), background (7)."""
+(Tab. A3), in three groups: facial features (10), accessories (8), background (7).
+``paper-code``: the same 25 as FaceLock's released code spells them (``utils.edit_prompts``), where two
+differ from the paper: "Let the person have a tatto" and "Let the person grow a mustach". Edits of the
+paper's numbers were made with that spelling; the text encoder sees other tokens."""
 
 from __future__ import annotations
 
@@ -25,15 +28,20 @@ PAPER_PROMPTS: dict[str, tuple[str, ...]] = {
         "Let the person stand under the moon",
     ),
 }
+#: the released code's spelling of the two prompts it spells differently from the paper
+CODE_SPELLING: dict[str, str] = {"Let the person have a tattoo": "Let the person have a tatto",
+                                 "Let the person grow a mustache": "Let the person grow a mustach"}
 PROMPT_SETS: dict[str, tuple[str, ...]] = {
     "paper": tuple(p for group in PAPER_PROMPTS.values() for p in group),
     **{f"paper-{group}": prompts for group, prompts in PAPER_PROMPTS.items()},
+    "paper-code": tuple(CODE_SPELLING.get(p, p) for group in PAPER_PROMPTS.values() for p in group),
 }
 
 
 def prompt_group(prompt: str) -> str:
-    """The paper's group of a prompt ("facial", "accessory", "background"), or "custom"."""
-    return next((g for g, prompts in PAPER_PROMPTS.items() if prompt in prompts), "custom")
+    """The paper's group of a prompt ("facial", "accessory", "background"; either spelling), or "custom"."""
+    paper = {code: text for text, code in CODE_SPELLING.items()}.get(prompt, prompt)
+    return next((g for g, prompts in PAPER_PROMPTS.items() if paper in prompts), "custom")
 
 
 def resolve_prompts(spec: str) -> list[str]:

@@ -7,7 +7,7 @@ the photo's own resolution (so the budget holds in photo pixels), is pasted back
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import torch
@@ -64,7 +64,7 @@ class ModelSpace:
         for f in faces:
             (l, t), (r, b) = move(f.box[0], f.box[1]), move(f.box[2], f.box[3])
             points = tuple(move(x, y) for x, y in f.landmarks)
-            out.append(Face(f.image_index, (l, t, r, b), points, f.scheme, f.score))  # type: ignore[arg-type]
+            out.append(replace(f, box=(l, t, r, b), landmarks=points))  # type: ignore[arg-type]
         return out
 
     def face_mask(self, faces: Sequence[Face], batch: int, *, grow: float = 1.3) -> torch.Tensor:

@@ -21,6 +21,7 @@ ENTRY_POINT_GROUP = "guardkit"
 CAPABILITY_ATTRS = (
     "differentiable", "metric", "threshold", "input_size", "schemes", "scheme",
     "needs", "needs_gradients", "maximize", "latent_channels", "downsample", "higher_is_better",
+    "default_finder", "accepts_ensemble",
 )
 
 

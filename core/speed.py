@@ -374,7 +374,12 @@ def reference_facelock(x: torch.Tensor, faces: Sequence, *, vae: torch.nn.Module
         return _reference_loop(x, faces, vae, face_model, lpips, eps, step_size, iters, seed, cuda)
 
 
-def _reference_loop(x, faces, vae, face_model, lpips, eps, step_size, iters, seed, cuda):
+def reference_facelock_loss(X_adv: torch.Tensor, X: torch.Tensor, clean_latent: torch.Tensor, i: int, iters: int, *,
+                            vae: torch.nn.Module, face_model: Any, lpips: torch.nn.Module,
+                            faces: Sequence) -> torch.Tensor:
+    """The loss the released loop ascends at iteration ``i`` of ``iters`` (images in [-1, 1]; ``clean_latent``
+    the VAE's ``latent_dist.mean`` of ``X``): ``-cos * [i >= 0.35 iters] + 0.2 * F.mse_loss(latent, clean)
+    + LPIPS * [i > 0.25 iters]``, per image."""
     import torch.nn.functional as F
 
     def compute_score(image1, image2):  # FR cosine similarity, as the released utils.compute_score
@@ -385,6 +390,16 @@ def _reference_loop(x, faces, vae, face_model, lpips, eps, step_size, iters, see
     def lpips_fn(image1, image2):  # the lpips package takes [-1, 1]
         return lpips((image1 + 1) / 2, (image2 + 1) / 2)
 
+    latent = vae.encode(X_adv.to(next(vae.parameters()).dtype)).latent_dist.mean
+    image = vae.decode(latent).sample.clip(-1, 1)
+    loss_cvl = compute_score(image.float(), X.float())
+    loss_encoder = F.mse_loss(latent, clean_latent)
+    loss_lpips = lpips_fn(image, X)
+    return (-loss_cvl * (1 if i >= iters * 0.35 else 0.0) + loss_encoder * 0.2
+            + loss_lpips * (1 if i > iters * 0.25 else 0.0))
+
+
+def _reference_loop(x, faces, vae, face_model, lpips, eps, step_size, iters, seed, cuda):
     X = (x * 2 - 1).half() if cuda else x * 2 - 1
     generator = torch.Generator().manual_seed(seed)
     noise = (torch.rand(*X.shape, generator=generator) * 2 * eps - eps).to(X.device)
@@ -397,14 +412,8 @@ def _reference_loop(x, faces, vae, face_model, lpips, eps, step_size, iters, see
     for i in range(iters):
         actual_step_size = step_size - (step_size - step_size / 100) / iters * i
 
-        latent = vae.encode(X_adv.to(next(vae.parameters()).dtype)).latent_dist.mean
-        image = vae.decode(latent).sample.clip(-1, 1)
-
-        loss_cvl = compute_score(image.float(), X.float())
-        loss_encoder = F.mse_loss(latent, clean_latent)
-        loss_lpips = lpips_fn(image, X)
-        loss = (-loss_cvl * (1 if i >= iters * 0.35 else 0.0) + loss_encoder * 0.2
-                + loss_lpips * (1 if i > iters * 0.25 else 0.0))
+        loss = reference_facelock_loss(X_adv, X, clean_latent, i, iters, vae=vae, face_model=face_model,
+                                       lpips=lpips, faces=faces)
         grad, = torch.autograd.grad(loss.sum(), [X_adv])
         X_adv = X_adv + grad.detach().sign() * actual_step_size
 
@@ -449,7 +458,8 @@ def facelock_objective(encoder: Any, face_model: Any, lpips_module: torch.nn.Mod
         fr = torch.zeros(clean.shape[0], device=clean.device).index_add(0, index, rows.float())
         count = torch.zeros(clean.shape[0], device=clean.device).index_add(0, index, torch.ones_like(rows.float()))
         lp = lpips_module.float()(decoded, clean)
-        latent = (z_adv - z_clean).pow(2).flatten(1).mean(1)
+        scale = float(getattr(encoder, "scaling_factor", 1.0) or 1.0)  # the VAE's own units, as released
+        latent = ((z_adv - z_clean) / scale).pow(2).flatten(1).mean(1)
         return fr / count.clamp_min(1) + lp + 0.2 * latent
 
 
@@ -580,8 +590,8 @@ def fr_cloak_bench(*, photo: str | Path | None = None, megapixels: Sequence[floa
     image = load_rgb(photo)
     run = RunConfig(threads=threads) if steps is None else RunConfig(budget=Budget(steps=steps), threads=threads)
     engine = Engine()
-    _, _, finder = engine.build_method("fr-cloak", run)  # load the models once, outside the timings
-    found = finder.find(image)
+    built = engine.build_method("fr-cloak", run)  # load the models once, outside the timings
+    found = built.find_faces(image, photo)
     if not found:
         raise RuntimeError(f"fr-cloak bench: no face found in {photo}")
     box = found[0].box

@@ -10,7 +10,7 @@ Tensors are batched from the first line: images are ``[B, 3, H, W]`` float in ``
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, NamedTuple, Protocol, Sequence, runtime_checkable
 
 if TYPE_CHECKING:  # keep this module free of torch at import time
@@ -40,9 +40,10 @@ class Face:
     landmarks: tuple[Point, Point, Point, Point, Point]
     scheme: LandmarkScheme
     score: float = 1.0
+    finder: str = ""  # the face finder that found it (an ensemble's models each read their own finder's faces)
 
     def with_index(self, image_index: int) -> "Face":
-        return Face(image_index, self.box, self.landmarks, self.scheme, self.score)
+        return replace(self, image_index=image_index)
 
 
 @runtime_checkable
@@ -70,6 +71,7 @@ class FaceModel(Part, Protocol):
     input_size: ClassVar[int]
     differentiable: ClassVar[bool]
     schemes: ClassVar[tuple[LandmarkScheme, ...]]  # landmark schemes `align` accepts
+    default_finder: ClassVar[str]  # the face finder whose boxes and landmarks it was trained on
 
     def align(self, images: "torch.Tensor", faces: Sequence[Face]) -> "torch.Tensor":
         """Differentiable warp of ``faces`` out of ``images`` [B,3,H,W] -> chips [N,3,S,S] in [0,1]."""

@@ -160,3 +160,11 @@ def diffusers_load_kwargs() -> dict[str, Any]:
     """Keyword arguments for diffusers' ``from_pretrained`` on this machine."""
     # without accelerate, diffusers warns at every load unless low_cpu_mem_usage is off
     return {"low_cpu_mem_usage": importlib.util.find_spec("accelerate") is not None}
+
+
+def latent_units(encoder: Any) -> tuple[float, float]:
+    """``(scaling_factor, shift_factor)`` of an encoder whose ``encode`` returns ``(mean - shift) * scale``
+    (the diffusers VAEs); ``(1, 0)`` for one that states neither. ``z / scale + shift`` is the VAE's own
+    ``latent_dist.mean``: the units in which the released FaceLock, PhotoGuard and CW code measure latent
+    distances (so FaceLock's lambda = 0.2 means the same here)."""
+    return float(getattr(encoder, "scaling_factor", 1.0) or 1.0), float(getattr(encoder, "shift_factor", 0.0) or 0.0)

@@ -1,9 +1,11 @@
 """``guardkit verify``: does a protected photo still match its person? One table of distances and
 match / no-match decisions under every installed face model, before and after each purification.
 
-Faces are found again on every (purified) protected photo, as a face recognition service would; the
-reference is the largest face of the reference photo; a probe's distance is the smallest over the
-faces found in it (the worst case for the protection).
+Faces are found again on every (purified) protected photo, as a face recognition service would, by each
+model's own face finder (dlib's HOG for dlib, MTCNN for FaceNet); the reference is the largest face of the
+reference photo; a probe's distance is the smallest over the faces found in it (the worst case for the
+protection). Each row says whether its model was attacked (in ``attacked``, by default guardkit's default
+ensemble) or held out: a held-out model's row is the figure that predicts face recognition guardkit never saw.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ class VerifyRow:
     distance: float  # nan when no face was found
     threshold: float
     metric: str
+    attacked: bool = False
 
     @property
     def decision(self) -> str:
@@ -38,41 +41,57 @@ class VerifyRow:
 
 def verify(engine, protected: str | Path, reference: str | Path, *, face_models: Sequence[str] | None = None,
            purify: Sequence[str] = DEFAULT_PURIFY, run: RunConfig | None = None,
+           attacked: Sequence[str] | None = None,
            on_warning: Callable[[str], None] | None = None) -> list[VerifyRow]:
+    """Rows of (face model, purification) for ``protected`` against ``reference``. ``attacked``: the face
+    models the protection was made against (default: ``guardkit.engine.DEFAULT_FACE_MODELS``)."""
     import torch
 
+    from guardkit.engine import DEFAULT_FACE_FINDER, DEFAULT_FACE_MODELS
+
     run = run or RunConfig()
+    attacked = tuple(DEFAULT_FACE_MODELS if attacked is None else attacked)
     warn = on_warning or (lambda message: None)
     device = run.torch_device()
-    finder = engine.load_part("face_finder", "dlib", run)
     reference_image = load_rgb(Path(reference))
-    reference_faces = finder.find(reference_image)
-    if not reference_faces:
-        raise NoFaceError(f"{reference}: no face found in the reference photo")
     photo = load_rgb(Path(protected))
-
     probes = {}
     for spec in purify:
         part = engine.load_purifier(spec, run)
         probes[spec] = photo if part is None else tensor_to_image(
             part.purify(image_to_tensor(photo, device), torch.Generator(device=device).manual_seed(run.seed)))
-    found = {spec: finder.find(image) for spec, image in probes.items()}
+
+    finders: dict[str, tuple[list, dict]] = {}  # finder -> (reference faces, faces of each probe)
+
+    def faces_of(finder_name: str) -> tuple[list, dict]:
+        if finder_name not in finders:
+            finder = engine.load_part("face_finder", finder_name, run)
+            ref_faces = finder.find(reference_image)
+            if not ref_faces:
+                raise NoFaceError(f"{reference}: no face found in the reference photo by face finder {finder_name}")
+            finders[finder_name] = (ref_faces, {spec: finder.find(image) for spec, image in probes.items()})
+        return finders[finder_name]
 
     rows = []
     for name in face_models if face_models is not None else engine.registry.names("face_model"):
+        spec = engine.registry.get("face_model", name)
+        finder_name = spec.capabilities.get("default_finder") or DEFAULT_FACE_FINDER
         try:
             model = engine.load_part("face_model", name, run)
+            reference_faces, found = faces_of(finder_name)
+        except NoFaceError:
+            raise
         except GuardkitError as exc:
             warn(f"face model {name} skipped: {exc}")
             continue
         with torch.no_grad():
             ref = model.embed(model.align(image_to_tensor(reference_image, device), reference_faces[:1]))
-            for spec, image in probes.items():
-                faces = found[spec]
+            for purification, image in probes.items():
+                faces = found[purification]
                 if not faces:
-                    rows.append(VerifyRow(name, spec, math.nan, model.threshold, model.metric))
+                    rows.append(VerifyRow(name, purification, math.nan, model.threshold, model.metric, name in attacked))
                     continue
                 emb = model.embed(model.align(image_to_tensor(image, device), faces))
                 distance = float(model.distance(emb, ref.expand_as(emb)).min())
-                rows.append(VerifyRow(name, spec, distance, model.threshold, model.metric))
+                rows.append(VerifyRow(name, purification, distance, model.threshold, model.metric, name in attacked))
     return rows

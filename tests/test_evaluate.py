@@ -16,7 +16,7 @@ from guardkit.specs import parse_spec
 from guardkit.errors import ConfigError
 
 runner = CliRunner()
-FAST = ["--steps", "3", "-O", "eot_draws=1"]
+FAST = ["--steps", "8", "-O", "eot_draws=1"]
 
 
 @pytest.fixture
@@ -76,7 +76,9 @@ def test_eval_with_a_tiny_ip2p_editor_and_paper_prompts(photo_dir, tmp_path):
 
 def test_verify_says_match_for_the_clean_photo_and_no_match_for_the_protected(tmp_path, faces_dir):
     protected_dir = tmp_path / "protected"
-    result = runner.invoke(app, ["run", str(faces_dir / "obama_small.jpg"), "-o", str(protected_dir)])
+    # mid: at low (4/255, PSNR >= 42) this 320x240 photo, whose face fills it, stays just under dlib's 0.6
+    result = runner.invoke(app, ["run", str(faces_dir / "obama_small.jpg"), "-o", str(protected_dir),
+                                 "--strength", "mid"])
     assert result.exit_code == 0, result.output
     protected = protected_dir / "obama_small.protected.png"
     reference = str(faces_dir / "obama.jpg")
@@ -121,10 +123,106 @@ def test_eval_runs_flux_guard_and_reports_held_out_face_models(photo_dir, tmp_pa
         method_options={"steps": 5, "adv_steps": 2, "blend_start": 1, "iterations": 2, "lpips_random": True},
     )
     result = evaluate(engine, [photo_dir], config, tmp_path / "eval", run=RunConfig(budget=Budget(steps=2)))
-    labels = set(result.rows[0]) - {"photo", "method", "purify", "prompt", "seed", "group"}
+    labels = set(result.rows[0]) - {"photo", "method", "purify", "prompt", "seed", "group", "purify_seed"}
     assert labels == {"fr-distance@dlib", "fr-distance@tiny (held-out)"}
     by = {(r["method"], r["purify"]): r for r in result.rows}
     assert set(by) == {("none", "none"), ("none", "jpeg75"), ("flux-guard", "none"), ("flux-guard", "jpeg75")}
     # the guarded edit is farther from the person (dlib: the ensemble) than the plain edit of the same seed
     assert by[("flux-guard", "none")]["fr-distance@dlib"] > by[("none", "none")]["fr-distance@dlib"]
     assert (tmp_path / "eval" / "images" / "guarded" / "flux-guard").is_dir()
+
+
+# ----------------------------------------------------------------------------- issue 12
+PAPER_TAB_A3 = {  # FaceLock, Tab. A3, as the paper prints them
+    "facial": ["Turn the person's hair pink", "Let the person turn bald", "Let the person have a tattoo",
+               "Let the person wear purple makeup", "Let the person grow a mustache", "Turn the person into a zombie",
+               "Change the skin color to Avatar blue", "Add elf-like ears", "Add large vampire fangs",
+               "Apply Goth style makeup"],
+    "accessory": ["Let the person wear a police suit", "Let the person wear a bowtie", "Let the person wear a helmet",
+                  "Let the person wear sunglasses", "Let the person wear earrings", "Let the person smoke a cigar",
+                  "Place a headband in the hair", "Place a tiara on the top of the head"],
+    "background": ["Let it be snowy", "Change the background to a beach", "Add a city skyline background",
+                   "Add a forest background", "Change the background to a desert", "Set the background in a library",
+                   "Let the person stand under the moon"],
+}
+
+
+def test_paper_prompts_are_the_papers_text_and_paper_code_the_released_spelling():
+    assert resolve_prompts("paper") == [p for group in PAPER_TAB_A3.values() for p in group]
+    for group, prompts in PAPER_TAB_A3.items():
+        assert resolve_prompts(f"paper-{group}") == prompts
+    code = resolve_prompts("paper-code")  # the released utils.edit_prompts, typos kept
+    assert len(code) == 25 and code[2] == "Let the person have a tatto" and code[4] == "Let the person grow a mustach"
+    assert [c for c, p in zip(code, resolve_prompts("paper")) if c != p] == [code[2], code[4]]
+    assert prompt_group("Let the person grow a mustach") == "facial"
+
+
+def test_purifications_are_drawn_per_photo_and_seed(tmp_path, faces_dir):
+    """Two photos get different rotation angles (and the seed each used is in samples.csv); rotate10
+    turns by up to 10 degrees, not by one fixed tiny angle."""
+    import torch
+
+    from guardkit.config import RunConfig
+    from guardkit.engine import Engine
+    from guardkit.evaluate import EvalConfig, evaluate, purification_generator
+
+    src = tmp_path / "photos"
+    src.mkdir()
+    for name in ("a.jpg", "b.jpg"):
+        shutil.copy(faces_dir / "obama_small.jpg", src / name)
+    engine = Engine()
+    config = EvalConfig(methods=["none"], purify=["rotate10"], metrics=["psnr"], size=64, seeds=[0])
+    result = evaluate(engine, [src], config, tmp_path / "eval", run=RunConfig(seed=0))
+    rows = read_rows(tmp_path / "eval" / "samples.csv")
+    assert len(rows) == 2 and rows[0]["purify_seed"] != rows[1]["purify_seed"]
+    assert result.rows[0]["psnr"] != result.rows[1]["psnr"]  # same photo, different angles
+    rotate = engine.load_purifier("rotate10", RunConfig())
+    angles = torch.cat([rotate.angles(1, purification_generator(0, f"p{i}.jpg", s, "cpu"))
+                        for i in range(30) for s in (0, 1)])
+    assert angles.abs().max() <= 10 and angles.abs().max() > 8 and len(set(angles.tolist())) == 60
+
+
+@pytest.mark.parametrize("adversarial", [False, True])
+def test_flux_guard_is_scored_against_its_own_clean_trajectory(photo_dir, tmp_path, adversarial):
+    """The clean baseline of an edit method is the same trajectory (steps, guidance, injection, blending)
+    without the adversarial stage: with that stage off, the guarded edit IS the baseline (PSNR inf, FR
+    distance equal); with it on, the guarded edit is farther from the person than its own baseline."""
+    from test_flux_edit import build_tiny_flux
+
+    from guardkit.config import Budget, RunConfig
+    from guardkit.engine import Engine
+    from guardkit.evaluate import EvalConfig, evaluate
+    from guardkit.imageio import load_rgb
+
+    folder = tmp_path / "flux"
+    build_tiny_flux(folder)
+    config = EvalConfig(
+        methods=["flux-guard"], editor="flux-edit", prompts=["a photo of a man with glasses"], purify=["none"],
+        face_models=["dlib"], ensemble=["dlib"], metrics=["psnr", "fr-distance"], size=96, face_parser="landmarks",
+        editor_options={"path": str(folder), "steps": 5, "max_sequence_length": 16, "feature_blocks_from": 0},
+        method_options={"steps": 5, "adv_steps": 2, "blend_start": 1, "iterations": 3, "lpips_random": True,
+                        "adversarial": adversarial})
+    out = tmp_path / "eval"
+    result = evaluate(Engine(), [photo_dir], config, out, run=RunConfig(budget=Budget(steps=2)))
+    (row,) = result.rows
+    baseline = load_rgb(next((out / "images" / "guarded-clean" / "flux-guard").rglob("*.png")))
+    plain = next((out / "images" / "edits" / "clean").rglob("*.png"), None)
+    assert plain is None  # no plain flux-edit is made: it is not what the guarded edit is compared with
+    if not adversarial:
+        assert row["psnr"] == float("inf"), row
+    else:
+        import torch
+
+        from guardkit.arrays import image_to_tensor
+        from guardkit.types import EvalBatch
+
+        assert row["psnr"] < float("inf")
+        metric = Engine().registry.get("metric", "fr-distance").factory(RunConfig(), model="dlib")
+        metric.load()
+        source = image_to_tensor(load_rgb(next((out / "images" / "source").glob("*.png"))), "cpu")
+        clean = image_to_tensor(baseline, "cpu")
+        faces = Engine().load_part("face_finder", "dlib", RunConfig()).find(load_rgb(next((out / "images" / "source").glob("*.png"))))
+        with torch.no_grad():
+            base = float(metric.score(EvalBatch(source=source, protected=clean, edited=clean, edited_clean=clean,
+                                                prompt="", faces=faces)).mean())
+        assert row["fr-distance@dlib"] > base, (row, base)

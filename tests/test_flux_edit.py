@@ -361,7 +361,7 @@ def test_weights_dir_layout_loads(tiny_folder, tmp_path):
     shutil.copytree(tiny_folder, tmp_path / "black-forest-labs" / "FLUX.1-dev")
     editor = FluxEdit(RunConfig(weights_dir=tmp_path), max_sequence_length=16)
     editor.load()
-    assert editor.processors == {}  # the tiny model has no single block with index >= 20
+    assert list(editor.processors) == [0]  # its one single-stream block: the same relative depth as 20..37 of 38
 
 
 def test_bad_options():
@@ -377,3 +377,16 @@ def test_registered_as_editor():
     spec = registry.get("editor", "flux-edit")
     assert not errors and spec.factory is FluxEdit and spec.summary
     assert dataclasses.is_dataclass(Inversion)
+
+
+def test_injected_blocks_follow_the_models_depth(tiny_folder, photo):
+    """FLUX.1-dev's blocks 20..37, and the same share of any Flux-family transformer's depth, so a model
+    with fewer single-stream blocks records values (it recorded none: "for 0 step(s) only")."""
+    from guardkit.plugins.editors.flux_edit import feature_block_start
+
+    assert feature_block_start(38) == 20 and feature_block_start(1) == 0 and feature_block_start(2) == 1
+    editor = FluxEdit(RunConfig(), path=str(tiny_folder), max_sequence_length=16, steps=STEPS)  # the default
+    editor.load()
+    assert list(editor.processors) == [0]
+    inversion = editor.invert(photo, SOURCE, steps=STEPS, guidance=1.0, feature_steps=2)
+    editor.sample(inversion, "a photo of a man with glasses", controls=[editor.feature_injection(2)])

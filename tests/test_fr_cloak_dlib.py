@@ -30,17 +30,21 @@ def jpeg75(image: np.ndarray) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
 
 
-def test_default_protection_unlinks_a_real_photo_under_dlib(tmp_path, faces_dir):
-    result = Engine().protect([faces_dir / "obama_small.jpg"], output_dir=tmp_path)  # the built-in defaults
+def test_mid_protection_unlinks_a_real_photo_under_dlib(tmp_path, faces_dir):
+    """The default ensemble (dlib + FaceNet) at ``mid`` on the hardest shared photo (320x240, the face fills
+    it); ``low`` leaves it at 0.57-0.59 there (benchmarks/README.md)."""
+    result = Engine().protect([faces_dir / "obama_small.jpg"], output_dir=tmp_path, strength="mid")
     photo = result.photos[0]
     assert photo.status == "protected", photo.error
+    assert set(photo.distances) == {"dlib", "facenet"}
+    assert photo.distances["facenet"] > 0.55  # no longer FaceNet's match either (guardkit's port, own finder)
     saved = np.asarray(Image.open(photo.output).convert("RGB"))
     original = np.asarray(Image.open(faces_dir / "obama_small.jpg").convert("RGB"))
-    assert np.abs(saved.astype(int) - original).max() <= 4  # eps 4/255 on the saved 8-bit file
+    assert np.abs(saved.astype(int) - original).max() <= 8  # eps 8/255 on the saved 8-bit file
     reference = descriptor(np.asarray(Image.open(faces_dir / "obama.jpg").convert("RGB")))
     clean = np.linalg.norm(descriptor(original) - reference)
     protected = np.linalg.norm(descriptor(saved) - reference)
     resaved = np.linalg.norm(descriptor(jpeg75(saved)) - reference)
     assert clean < 0.2  # same sitting: a match before protection
     assert protected > 0.6 and resaved > 0.6, (clean, protected, resaved)
-    assert photo.psnr > 40
+    assert photo.psnr >= 38.0  # mid's whole-photo PSNR floor, held on the rounded 8-bit file

@@ -15,7 +15,7 @@ from guardkit.config import RunConfig
 from guardkit.errors import ConfigError, WeightsError
 from guardkit.plugins.losses import latent as latent_mod
 from guardkit.plugins.losses import lpips as lpips_mod
-from guardkit.plugins.losses.latent import DecoderTarget, LatentL2, TargetLatent
+from guardkit.plugins.losses.latent import DecoderTarget, LatentL2, LatentNorm, TargetLatent
 from guardkit import lpips as lpips_core
 from guardkit.lpips import HEAD_KEYS, LPIPS
 from guardkit.plugins.losses.lpips import LpipsLoss, LpipsPixelLoss
@@ -104,6 +104,7 @@ def test_losses_register_through_a_fresh_plugin_manager():
         "lpips": (LpipsLoss, True, ["encoder"]),
         "lpips-pixel": (LpipsPixelLoss, False, []),
         "latent-l2": (LatentL2, True, ["encoder"]),
+        "latent-norm": (LatentNorm, True, ["encoder"]),
         "target-latent": (TargetLatent, False, ["encoder"]),
         "decoder-target": (DecoderTarget, False, ["encoder"]),
     }
@@ -123,7 +124,7 @@ def test_latent_losses_are_zero_at_their_optimum_and_shaped_b(vae, images):
     assert torch.allclose(LatentL2()(view), torch.zeros(3), atol=1e-10)
     with torch.no_grad():
         z = vae.encode(clean * 2 - 1)
-        decoded = ((vae.decode(z) + 1) / 2).clamp(0, 1)
+        decoded = (vae.decode(z) + 1) / 2  # the VAE attack reads the unclamped decode
     view = View(clean, clean.clone(), encoder=vae, target_latent=z, target_image=decoded)
     assert torch.allclose(TargetLatent()(view), torch.zeros(3), atol=1e-10)
     assert torch.allclose(DecoderTarget()(view), torch.zeros(3), atol=1e-10)

@@ -16,7 +16,7 @@ from guardkit.errors import ConfigError
 from guardkit.plugins.encoders.flux_vae import FluxVAE
 from guardkit.plugins.encoders.sd_vae import SDVAE
 from guardkit.plugins.losses.face import FaceCosine
-from guardkit.plugins.losses.latent import DecoderTarget, LatentL2, TargetLatent
+from guardkit.plugins.losses.latent import DecoderTarget, LatentL2, LatentNorm, TargetLatent
 from guardkit.plugins.losses.lpips import LpipsLoss
 from guardkit.plugins.methods.encoder_attacks import CW, EditShield, PhotoGuard, UntargetedEncoder, VAEAttack
 from guardkit.plugins.methods.facelock import FaceLock
@@ -83,10 +83,8 @@ def build(name: str, encoder, face_model, seed: int = 0, **options):
         "editshield": (EditShield, LatentL2(), "latent-l2"),
         "encoder": (UntargetedEncoder, LatentL2(), "latent-l2"),
         "vae": (VAEAttack, DecoderTarget(), "decoder-target"),
-        "cw": (CW, LatentL2(), "latent-l2"),
+        "cw": (CW, LatentNorm(), "latent-norm"),
     }[name]
-    if name == "cw":
-        opts = {"resolution": RES, "lr": 0.05, **options}
     return cls(run, encoder=encoder, losses=[WeightedLoss(1.0, loss, loss_name)], **opts)
 
 
@@ -96,9 +94,8 @@ def measure(name, encoder, face_model, clean, adv, faces) -> torch.Tensor:
     c, a = space.to_model(space.crop(clean)), space.to_model(space.crop(adv))
     with torch.no_grad():
         zc, za = encoder.encode(c * 2 - 1), encoder.encode(a * 2 - 1)
-        if name == "photoguard":
-            zt = encoder.encode(torch.full_like(c, 0.5) * 2 - 1)
-            return -(za - zt).pow(2).flatten(1).mean(1)
+        if name == "photoguard":  # towards the VAE's zero latent (released code)
+            return -(za / encoder.scaling_factor + encoder.shift_factor).pow(2).flatten(1).mean(1)
         if name == "vae":
             return -(((encoder.decode(za) + 1) / 2).clamp(0, 1) - 0.5).pow(2).flatten(1).mean(1)
         if name == "facelock":
@@ -242,3 +239,125 @@ def test_distant_faces_each_get_their_own_square(encoders, face_model):
         x0, y0, x1, y1 = (int(v) for v in f.box)
         assert changed[y0:y1, x0:x1].any(), f.box
     assert (out - images).abs().max() <= EPS + 1e-6
+
+
+# ----------------------------------------------------------------------------- issue 12: parity with the papers
+def raw_mean(encoder, x):
+    """The VAE's own ``latent_dist.mean`` of ``x`` in [0, 1]: the units of the released FaceLock code."""
+    return encoder.vae.encode(x * 2 - 1).latent_dist.mean
+
+
+@pytest.mark.parametrize("kind", ["sd-vae", "flux"])
+def test_latent_terms_are_measured_in_the_vaes_own_units(kind, encoders):
+    """lambda = 0.2 means what the released code means: F.mse_loss on the unscaled ``latent_dist.mean``."""
+    from guardkit.view import View
+
+    encoder = encoders[kind]
+    gen = torch.Generator().manual_seed(4)
+    clean = torch.rand(2, 3, RES, RES, generator=gen)
+    adv = (clean + 0.05 * torch.randn(clean.shape, generator=gen)).clamp(0, 1)
+    with torch.no_grad():
+        view = View(clean, adv, encoder=encoder)
+        ours = LatentL2()(view)
+        released = torch.stack([torch.nn.functional.mse_loss(raw_mean(encoder, adv[i:i + 1]),
+                                                             raw_mean(encoder, clean[i:i + 1])) for i in range(2)])
+    assert torch.allclose(ours, released, rtol=1e-4, atol=1e-9), (ours, released)
+
+
+def test_cw_at_its_defaults_moves_the_latent_more_than_noise(encoders, face_model, batch):
+    """Alg. 4 / released code: w starts at 0, the latent norm, c and lr as released. Starting at the photo
+    with a squared latent term (zero gradient there) left the photo where it was."""
+    images, faces = batch
+    budget = Budget(eps=4 / 255, steps=CW.default_steps)
+    encoder = encoders["sd-vae"]
+    method = CW(RunConfig(), encoder=encoder, resolution=RES,
+                losses=[WeightedLoss(w, cls(), n) for n, w in CW.default_losses.items()
+                        for cls in [{"latent-norm": LatentNorm, "latent-l2": LatentL2}[n]]])
+    out = project(method.protect(images, faces, budget), images, budget)
+    gen = torch.Generator().manual_seed(9)
+    noise = project(images + (torch.rand(images.shape, generator=gen) * 2 - 1) * budget.eps, images, budget)
+    assert (out - images).abs().max() > budget.eps / 2
+    achieved = measure("cw", encoder, face_model, images, out, faces)
+    baseline = measure("cw", encoder, face_model, images, noise, faces)
+    assert (achieved >= baseline).all(), (achieved, baseline)
+
+
+def test_photoguard_targets_the_zero_latent_as_released(encoders):
+    """The released encoder attack minimises ``latent_dist.mean.norm()``: its target is the zero latent."""
+    from guardkit.latent_attack import attack_targets
+
+    for kind, encoder in encoders.items():
+        clean = torch.rand(1, 3, RES, RES)
+        config = PhotoGuard(RunConfig(), encoder=encoder, losses=[]).config
+        _, target_latent = attack_targets(encoder, clean, config, [WeightedLoss(1.0, TargetLatent(), "target-latent")])
+        raw = target_latent / encoder.scaling_factor + encoder.shift_factor
+        assert torch.allclose(raw, torch.zeros_like(raw), atol=1e-6), kind
+        grey = build("photoguard", encoder, None, target_latent="image").config
+        _, grey_latent = attack_targets(encoder, clean, grey, [WeightedLoss(1.0, TargetLatent(), "target-latent")])
+        assert torch.allclose(grey_latent, encoder.encode(torch.zeros_like(clean)), atol=1e-6)
+
+
+def test_vae_attack_loss_sees_the_unclamped_decode(encoders):
+    """The released VAE attack takes ``vae(x).sample`` as it is: no clamp before the loss."""
+    from guardkit.view import View
+
+    encoder = encoders["sd-vae"]
+    gen = torch.Generator().manual_seed(1)
+    clean = torch.rand(1, 3, RES, RES, generator=gen)
+    with torch.no_grad():
+        raw = (encoder.decode(encoder.encode(clean * 2 - 1)) + 1) / 2
+        assert raw.min() < 0 or raw.max() > 1  # the tiny random VAE overshoots: the clamp matters here
+        view = View(clean, clean, encoder=encoder, target_image=torch.full_like(clean, 0.5))
+        ours = DecoderTarget()(view)
+    assert torch.allclose(ours, (raw - 0.5).pow(2).flatten(1).mean(1), rtol=1e-5)
+
+
+def test_facelock_schedule_is_the_released_one():
+    """Released: FR on when i >= 0.35 * iters, LPIPS when i > 0.25 * iters (strictly)."""
+    from guardkit.latent_attack import active_terms
+
+    names = ["face-cosine", "lpips", "latent-l2"]
+    for steps in (100, 8, 50, 200):
+        for i in range(steps):
+            on = active_terms(names, i, steps, FaceLock.starts, FaceLock.starts_after)
+            released = {"latent-l2"} | ({"face-cosine"} if i >= steps * 0.35 else set()) \
+                | ({"lpips"} if i > steps * 0.25 else set())
+            assert on == released, (steps, i, on)
+
+
+class _Recorder:
+    """A real loss that records which images it saw (to check what EOT hands each term)."""
+
+    maximize = False
+    needs: frozenset = frozenset()
+    eot = False
+
+    def __init__(self) -> None:
+        self.seen = []
+
+    def __call__(self, view):
+        self.seen.append((view.adv.detach().clone(), view.clean))
+        return (view.adv - view.clean).pow(2).flatten(1).mean(1)
+
+
+def test_editshield_adds_perceptual_consistency_and_eot(encoders, face_model, batch):
+    """EditShield = latent shift - beta * ||x' - x||^2 with EOT, not the plain encoder attack."""
+    from guardkit.plugins.losses.face import PixelL2
+
+    assert EditShield.default_losses == {"latent-l2": 1.0, "pixel-l2": 0.1}
+    assert EditShield.config_class().eot != "" and PixelL2.eot is False
+    images, faces = batch
+    budget = Budget(eps=EPS, steps=3)
+    enc = encoders["sd-vae"]
+    shield = EditShield(RunConfig(), encoder=enc, resolution=RES,
+                        losses=[WeightedLoss(1.0, LatentL2(), "latent-l2"), WeightedLoss(0.1, PixelL2(), "pixel-l2")])
+    plain = build("encoder", enc, face_model)
+    a, b = shield.protect(images, faces, budget), plain.protect(images, faces, budget)
+    assert not torch.equal(a, b) and (a - images).abs().max() <= EPS + 1e-6
+    recorder = _Recorder()  # a term that opts out of EOT sees the protected photo itself, once per step
+    method = EditShield(RunConfig(), encoder=enc, resolution=RES, eot="blur", eot_draws=2,
+                        losses=[WeightedLoss(1.0, LatentL2(), "latent-l2"), WeightedLoss(0.1, recorder, "pixel")])
+    method.protect(images[:1], faces[:1], Budget(eps=EPS, steps=2, random_start=False))
+    assert len(recorder.seen) == 2
+    adv, clean = recorder.seen[0]
+    assert torch.equal(adv, clean)  # the first step's photo itself (no random start), not a blurred copy

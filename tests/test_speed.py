@@ -169,3 +169,36 @@ def test_bench_command_runs():
         assert row["ratio"] > 0
     bad = CliRunner().invoke(_bench_app(), ["bench", "facelock", "--resolution", "32", "--autocast", "fp8"])
     assert bad.exit_code == 2 and "autocast" in bad.output
+
+
+@pytest.mark.parametrize("kind", ["sd-vae", "flux"])
+def test_objective_equals_the_released_loops_loss(kind, parts, tmp_path):
+    """guardkit's FaceLock objective and the released loop's loss, on the same inputs, at steps before,
+    between and after the term switches: equal to 1e-4, up to the constant 1 of ``1 - cos`` vs ``-cos``."""
+    from guardkit.attack import combine
+    from guardkit.latent_attack import active_terms
+    from guardkit.plugins.encoders.flux_vae import FluxVAE
+    from guardkit.plugins.methods.facelock import FaceLock
+    from guardkit.view import View
+
+    _, face_model, lpips = parts
+    if kind == "sd-vae":
+        encoder = parts[0]
+    else:
+        encoder = FluxVAE(path=str(save_tiny_vae(tmp_path / "vae", "flux")))
+        encoder.load()
+    images, faces = speed.synthetic_portraits(1, RES, seed=5)
+    gen = torch.Generator().manual_seed(2)
+    adv = (images + (torch.rand(images.shape, generator=gen) * 2 - 1) * EPS).clamp(0, 1)
+    losses = speed.facelock_losses(lpips)
+    names = [t.name for t in losses]
+    X, X_adv = images * 2 - 1, adv * 2 - 1
+    with torch.no_grad():
+        clean_latent = encoder.vae.encode(X).latent_dist.mean
+        view = View(images, adv, faces, face_model=face_model, encoder=encoder, face_source="decoded")
+        for i in (10, 25, 26, 34, 35, 99):
+            released = speed.reference_facelock_loss(X_adv, X, clean_latent, i, 100, vae=encoder.vae,
+                                                     face_model=face_model, lpips=lpips, faces=faces)
+            on = active_terms(names, i, 100, FaceLock.starts, FaceLock.starts_after)
+            ours = combine(losses, view, on) - (1.0 if "face-cosine" in on else 0.0)
+            assert torch.allclose(ours, released.float(), rtol=1e-4, atol=1e-6), (i, ours, released)

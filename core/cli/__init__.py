@@ -15,6 +15,7 @@ from guardkit.cli import methods as _methods
 from guardkit.cli import models as _models
 from guardkit.cli import plugins as _plugins
 from guardkit.cli import run as _run
+from guardkit.cli import serve as _serve  # issue 15
 
 app = typer.Typer(
     name="guardkit",
@@ -31,6 +32,7 @@ app.command("eval")(_evaluate.eval_command)
 app.command("verify")(_evaluate.verify_command)
 app.command("edit")(_edit.edit_command)
 app.add_typer(_bench.app, name="bench")
+app.command("serve")(_serve.serve_command)  # issue 15
 
 
 def main() -> None:

@@ -14,8 +14,10 @@ err_console = Console(stderr=True)
 out_console = Console()
 
 MethodOpt = Annotated[str, typer.Option("--method", "-m", help="Protection method (see `guardkit plugins`).")]
-FaceModelOpt = Annotated[str, typer.Option("--fr", help="Face recognition model to protect against.")]
-FaceFinderOpt = Annotated[str, typer.Option("--finder", help="Face finder (detector + landmarks).")]
+FaceModelOpt = Annotated[str, typer.Option(
+    "--fr", help="Face recognition model(s) to protect against, comma-separated (an ensemble, for methods that take one).")]
+FaceFinderOpt = Annotated[Optional[str], typer.Option(
+    "--finder", help="Face finder (detector + landmarks) for every face model (default: each model's own).")]
 EncoderOpt = Annotated[Optional[str], typer.Option("--encoder", help="Image encoder, for methods that attack one.")]
 DisableOpt = Annotated[
     Optional[list[str]],

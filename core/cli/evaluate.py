@@ -26,7 +26,8 @@ def eval_command(
     = "none,fr-cloak",
     editor: Annotated[str, typer.Option(help="Editor (ip2p, flux-edit) or none (score the protected photo).")]
     = "none",
-    prompts: Annotated[str, typer.Option(help="Prompt set (paper, paper-facial, ...), a .txt file, or 'a|b'.")]
+    prompts: Annotated[str, typer.Option(help="Prompt set (paper, paper-facial, ...; paper-code: the released "
+                                                 "code's spelling, 'tatto', 'mustach'), a .txt file, or 'a|b'.")]
     = "paper",
     purify: Annotated[str, typer.Option(help="Comma-separated purifications: none,jpeg75,blur,rotate10,...")]
     = "none",
@@ -38,6 +39,8 @@ def eval_command(
     encoder: Annotated[Optional[str], typer.Option(help="Encoder of encoder methods.")] = None,
     method_fr: Annotated[str, typer.Option(help="Comma-separated face models the methods attack (the ensemble); "
                                                 "--fr models outside it are reported as held out.")] = "dlib",
+    parser: Annotated[str, typer.Option("--parser", help="Face parser of edit methods (flux-guard's edit region).")]
+    = "landmarks",
     editor_path: Annotated[Optional[Path], typer.Option(help="Local folder of the editor's weights.")] = None,
     encoder_path: Annotated[Optional[Path], typer.Option(help="Local folder of the encoder's weights.")] = None,
     option: Annotated[Optional[list[str]], typer.Option("--option", "-O", help="Method option KEY=VALUE.")] = None,
@@ -68,6 +71,7 @@ def eval_command(
         methods=_names(methods), editor=editor, prompts=resolve_prompts(prompts) if editor != "none" else [""],
         purify=_names(purify), face_models=_names(fr), metrics=_names(metrics) if metrics else None,
         seeds=[int(s) for s in _names(seeds)], size=size, encoder=encoder, ensemble=_names(method_fr),
+        face_parser=parser,
         method_options={k: number(v) for k, v in parse_pairs(option, "--option").items()},
         editor_options={**({"path": str(editor_path)} if editor_path else {}),
                         **{k: number(v) for k, v in parse_pairs(editor_option, "--editor-option").items()}},
@@ -100,6 +104,9 @@ def verify_command(
     = None,
     purify: Annotated[str, typer.Option(help="Comma-separated purifications to try.")]
     = "none,jpeg90,jpeg75,jpeg60,blur,rotate,resize",
+    attacked: Annotated[Optional[str], typer.Option(
+        help="Face models the protection attacked (default: guardkit's default ensemble); the others are "
+             "reported as held out.")] = None,
     weights_dir: WeightsDirOpt = None,
     disable_plugin: DisableOpt = None,
     as_json: JsonOpt = False,
@@ -113,18 +120,20 @@ def verify_command(
 
     engine = Engine(disabled=disable_plugin or ())
     rows = verify(engine, protected, reference, face_models=_names(fr) if fr else None, purify=_names(purify),
-                  run=RunConfig(weights_dir=weights_dir), on_warning=warn)
+                  run=RunConfig(weights_dir=weights_dir), attacked=_names(attacked) if attacked else None,
+                  on_warning=warn)
     if as_json:
         out_console.print_json(json.dumps([{"face_model": r.face_model, "purify": r.purify,
                                             "distance": None if math.isnan(r.distance) else r.distance,
-                                            "threshold": r.threshold, "metric": r.metric, "decision": r.decision}
+                                            "threshold": r.threshold, "metric": r.metric, "decision": r.decision,
+                                            "attacked": r.attacked}
                                            for r in rows]))
     else:
         table = Table(title=f"{protected.name} vs {reference.name}")
-        for column in ("face model", "purification", "distance", "threshold", "decision"):
+        for column in ("face model", "role", "purification", "distance", "threshold", "decision"):
             table.add_column(column)
         for r in rows:
-            table.add_row(r.face_model, r.purify, "-" if math.isnan(r.distance) else f"{r.distance:.3f}",
+            table.add_row(r.face_model, "attacked" if r.attacked else "held out", r.purify, "-" if math.isnan(r.distance) else f"{r.distance:.3f}",
                           f"{r.threshold:g} ({r.metric})", r.decision)
         out_console.print(table)
     if any(r.decision == "match" for r in rows):

@@ -30,6 +30,9 @@ def recipe(spec) -> dict:
         "term_starts": dict(getattr(factory, "starts", {})),
         "default_steps": getattr(factory, "default_steps", None),
         "options": options,
+        "strengths": {name: {"eps": st.eps, "steps": st.steps, "options": dict(st.options), "summary": st.summary,
+                             "measured": st.measured}
+                      for name, st in (getattr(factory, "strengths", {}) or {}).items()},
         "doc": inspect.getdoc(inspect.getmodule(factory)) or inspect.getdoc(factory) or "",
     }
 
@@ -75,5 +78,10 @@ def show_command(name: Annotated[str, typer.Argument(help="Method name.")], as_j
     if info["options"]:
         out_console.print("options (-O key=value): " + ", ".join(f"{k}={v!r}" for k, v in info["options"].items()),
                           highlight=False, soft_wrap=True)
+    for name, st in info["strengths"].items():
+        out_console.print(f"--strength {name}: eps {st['eps'] * 255:.3g}/255, {st['steps']} steps, options "
+                          f"{st['options']} - {st['summary']}", markup=False, highlight=False, soft_wrap=True)
+        if st["measured"]:
+            out_console.print(f"    measured: {st['measured']}", markup=False, highlight=False, soft_wrap=True)
     out_console.print()
     out_console.print(info["doc"], markup=False, highlight=False, soft_wrap=True)

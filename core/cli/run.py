@@ -12,10 +12,11 @@ from rich.markup import escape
 from rich.table import Table
 
 from guardkit.cli._options import (
-    EXIT_FAILED_PHOTOS, DisableOpt, EncoderOpt, FaceFinderOpt, FaceModelOpt, JsonOpt, MethodOpt, WeightsDirOpt,
+    EXIT_FAILED_PHOTOS, DisableOpt, EncoderOpt, FaceFinderOpt, JsonOpt, MethodOpt, WeightsDirOpt,
     err_console, one_line_errors, warn, out_console, progress,
 )
-from guardkit.config import DEFAULT_EPS, Budget, RunConfig, parse_fraction
+from guardkit.config import Budget, RunConfig, parse_fraction
+from guardkit.ensemble import parse_models
 from guardkit.errors import ConfigError
 from guardkit.specs import number
 
@@ -36,11 +37,17 @@ def run_command(
     inputs: Annotated[list[Path], typer.Argument(help="Photos or folders of photos.", show_default=False)],
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the protected photos.")],
     method: MethodOpt = "fr-cloak",
-    face_model: FaceModelOpt = "dlib",
-    face_finder: FaceFinderOpt = "dlib",
+    face_model: Annotated[Optional[str], typer.Option(
+        "--fr", help="Face recognition model(s) to protect against, comma-separated (default: dlib,facenet for "
+                     "methods that take an ensemble, else dlib).")] = None,
+    face_finder: FaceFinderOpt = None,
     encoder: EncoderOpt = None,
-    eps: Annotated[str, typer.Option(help="L-inf budget in [0,1] pixel units; fractions like 4/255 work.")] = "4/255",
-    steps: Annotated[Optional[int], typer.Option(help="Optimisation steps (default: the method's).")] = None,
+    strength: Annotated[Optional[str], typer.Option(
+        help="low (default: 4/255), mid (8/255) or high (16/255): budget, steps and options of the method's "
+             "preset (`guardkit methods show fr-cloak`); --eps, --steps and -O override it.")] = None,
+    eps: Annotated[Optional[str], typer.Option(
+        help="L-inf cap in [0,1] pixel units; fractions like 4/255 work (default: the strength's).")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Optimisation steps (default: the strength's or the method's).")] = None,
     step_size: Annotated[Optional[str], typer.Option(help="First step size (default: the method's).")] = None,
     seed: Annotated[int, typer.Option(help="Random seed: same seed, same output.")] = 0,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1 or auto.")] = "cpu",
@@ -56,6 +63,10 @@ def run_command(
     threads: Annotated[Optional[int], typer.Option(help="CPU threads (default: torch's).")] = None,
     disable_plugin: DisableOpt = None,
     as_json: JsonOpt = False,
+    ray_address: Annotated[Optional[str], typer.Option(  # issue 15: the same protection on Ray
+        "--ray", metavar="ADDRESS",
+        help="Run on Ray (the ray extra): local (a Ray started here), auto (the running cluster), HOST:PORT "
+             "or ray://HOST:PORT. INPUTS and -o may then be fsspec URLs.")] = None,
 ) -> None:
     """Protect every face in INPUTS and write the results to OUTPUT (PNG, metadata stripped)."""
     from guardkit.engine import Engine
@@ -65,20 +76,25 @@ def run_command(
     engine = Engine(disabled=disable_plugin or ())
     for error in engine.errors:
         warn(str(error))
-    method_steps = getattr(engine.registry.get("method", method).factory, "default_steps", 100)
-    budget = Budget(eps=parse_fraction(eps) if eps else DEFAULT_EPS, steps=method_steps if steps is None else steps,
-                    step_size=parse_fraction(step_size) if step_size else None)
-    run = RunConfig(device=device, dtype=dtype, seed=seed, batch_size=batch_size, weights_dir=weights_dir,
-                    budget=budget, threads=threads)
-    losses = {k: float(parse_fraction(v)) for k, v in parse_pairs(loss, "--loss").items()} or None
+    base = RunConfig(device=device, dtype=dtype, seed=seed, batch_size=batch_size, weights_dir=weights_dir,
+                     budget=Budget(step_size=parse_fraction(step_size) if step_size else None), threads=threads)
     options = {k: number(v) for k, v in parse_pairs(option, "--option").items()}
+    run, options = engine.resolve_strength(method, base, strength, options,
+                                           eps=parse_fraction(eps) if eps else None, steps=steps, explicit_run=False)
+    budget = run.budget
+    losses = {k: float(parse_fraction(v)) for k, v in parse_pairs(loss, "--loss").items()} or None
     part_options = {"encoder": {"path": str(encoder_path)} if encoder_path else {},
                     "face_model": {"path": str(fr_path)} if fr_path else {}}
     with progress() as bar:
         task = bar.add_task("photos", total=None)
         steps_task = bar.add_task("steps", total=budget.steps)
-        result = engine.protect(
-            inputs, method=method, face_model=face_model, face_finder=face_finder, encoder=encoder, run=run,
+        protect = engine.protect
+        if ray_address is not None:  # issue 15: the same Engine.protect, in Ray actors
+            from guardkit.ray_batch import check_address, protect_on
+
+            protect = protect_on(check_address(ray_address))
+        result = protect(
+            inputs, method=method, face_model=parse_models(face_model) or None, face_finder=face_finder, encoder=encoder, run=run,
             losses=losses, options=options, part_options=part_options, output_dir=output, fmt=fmt, resume=resume,
             on_start=lambda n: bar.update(task, total=n),
             on_photo=lambda photo: bar.advance(task),
@@ -88,14 +104,14 @@ def run_command(
         err_console.print(f"[red]failed:[/] {escape(photo.error)}", highlight=False, soft_wrap=True)
     if as_json:
         out_console.print_json(json.dumps({
-            "method": method, "face_model": face_model, "eps": budget.eps, "steps": budget.steps,
-            "threshold": result.threshold,
+            "method": method, "face_models": list(result.thresholds), "eps": budget.eps, "steps": budget.steps,
+            "strength": strength, "thresholds": result.thresholds,
             "photos": [{"source": str(p.source), "status": p.status, "output": str(p.output) if p.output else None,
                         "error": p.error, "faces": p.faces, "linf": p.linf, "psnr": _finite(p.psnr),
-                        "fr_distance": _finite(p.fr_distance), "seconds": p.seconds} for p in result.photos],
+                        "distances": {m: _finite(d) for m, d in p.distances.items()}, "seconds": p.seconds} for p in result.photos],
         }))
     else:
-        out_console.print(summary_table(result, method, face_model, budget))
+        out_console.print(summary_table(result, method, budget))
     if result.failed:
         raise typer.Exit(EXIT_FAILED_PHOTOS)
 
@@ -104,16 +120,23 @@ def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def summary_table(result, method: str, face_model: str, budget: Budget) -> Table:
-    table = Table(title=f"{method} vs {face_model}, eps {budget.eps * 255:.3g}/255, {budget.steps} steps")
-    for column in ("photo", "status", "faces", "L-inf (/255)", "PSNR dB", f"{face_model} distance", "s"):
+def summary_table(result, method: str, budget: Budget) -> Table:
+    models = list(result.thresholds) or ([result.face_model] if result.face_model else [])
+    against = " + ".join(models) or "no face model"
+    table = Table(title=f"{method} vs {against}, eps {budget.eps * 255:.3g}/255, {budget.steps} steps")
+    for column in ("photo", "status", "faces", "L-inf (/255)", "PSNR dB", *(f"{m} distance" for m in models), "s"):
         table.add_column(column)
     for p in result.photos:
-        distance = "" if math.isnan(p.fr_distance) else f"{p.fr_distance:.3f}"
-        if distance and math.isfinite(result.threshold):
-            distance += " (no match)" if p.fr_distance > result.threshold else " (MATCH)"
         done = p.status == "protected"
+        cells = []
+        for m in models:
+            d = p.distances.get(m, math.nan) if p.distances else (p.fr_distance if m == result.face_model else math.nan)
+            threshold = result.thresholds.get(m, result.threshold)
+            cell = "" if math.isnan(d) else f"{d:.3f}"
+            if cell and math.isfinite(threshold):
+                cell += " (no match)" if d > threshold else " (MATCH)"
+            cells.append(cell)
         table.add_row(p.source.name, p.status if not p.error else "failed", str(p.faces) if done else "",
-                      f"{p.linf * 255:.0f}" if done else "", f"{p.psnr:.1f}" if done else "", distance,
+                      f"{p.linf * 255:.0f}" if done else "", f"{p.psnr:.1f}" if done else "", *cells,
                       f"{p.seconds:.1f}" if done else "")
     return table

@@ -69,8 +69,9 @@ class FluxEditConfig:
     GPU). ``dtype``: the pipeline's dtype (``None``: bfloat16 on CUDA, ``RunConfig.dtype`` elsewhere).
     ``steps``, ``guidance``, ``inversion_guidance``: ``edit``'s defaults. ``solver``: ``"rf-solver"``
     (second order, two transformer calls per step) or ``"euler"`` (first order). ``feature_blocks_from``:
-    single-stream blocks with this index or above have their attention values recorded/injected (FLUX.1 has
-    38; RF-Solver-Edit and Flux-Guard use those above 19). ``feature_steps``: ``invert`` records values for
+    single-stream blocks with this index or above have their attention values recorded/injected (``None``:
+    the same share of the model's depth as RF-Solver-Edit and Flux-Guard take of FLUX.1-dev's 38, blocks
+    20..37, see ``feature_block_start``; so a Flux-family checkpoint with fewer blocks works too). ``feature_steps``: ``invert`` records values for
     its last ``feature_steps`` steps (the first sampling steps), enough for ``FeatureInjection(steps)`` with
     ``steps <= feature_steps``. ``max_sequence_length``: T5 tokens per prompt.
     """
@@ -83,7 +84,7 @@ class FluxEditConfig:
     guidance: float = 3.5
     inversion_guidance: float = 1.0
     solver: Solver = "rf-solver"
-    feature_blocks_from: int = 20
+    feature_blocks_from: int | None = None
     feature_steps: int = 5
     max_sequence_length: int = 512
 
@@ -94,7 +95,7 @@ class FluxEditConfig:
             raise ConfigError(f"flux-edit: steps must be >= 1, got {self.steps}")
         if self.dtype not in (None, "float32", "float16", "bfloat16"):
             raise ConfigError(f"flux-edit: dtype must be float32, float16 or bfloat16, got {self.dtype!r}")
-        if self.feature_steps < 0 or self.feature_blocks_from < 0:
+        if self.feature_steps < 0 or (self.feature_blocks_from is not None and self.feature_blocks_from < 0):
             raise ConfigError("flux-edit: feature_steps and feature_blocks_from must be >= 0")
 
 
@@ -245,6 +246,16 @@ class VelocityBlend(ControlBase):
             raise ConfigError(f"VelocityBlend: inversion velocity {tuple(v_inv.shape)} does not match {tuple(v.shape)}")
         m = self.mask.to(device=v.device, dtype=v.dtype)
         return m * v + (1 - m) * v_inv.to(v.dtype)
+
+
+#: FLUX.1-dev's first injected single-stream block and its number of them (RF-Solver-Edit, Flux-Guard)
+FLUX_DEV_FIRST_BLOCK, FLUX_DEV_SINGLE_BLOCKS = 20, 38
+
+
+def feature_block_start(blocks: int) -> int:
+    """The first single-stream block whose values are injected, at the same relative depth as the
+    released code's 20 of FLUX.1-dev's 38 (20 for 38 blocks), and never past the last block."""
+    return max(0, min(blocks - 1, round(blocks * FLUX_DEV_FIRST_BLOCK / FLUX_DEV_SINGLE_BLOCKS)))
 
 
 def mask_to_tokens(mask: torch.Tensor) -> torch.Tensor:
@@ -417,7 +428,9 @@ class FluxEdit:
             pipe.to(device)
         pipe.set_progress_bar_config(disable=True)
         blocks = pipe.transformer.single_transformer_blocks
-        for i in range(self.config.feature_blocks_from, len(blocks)):
+        first = feature_block_start(len(blocks)) if self.config.feature_blocks_from is None \
+            else self.config.feature_blocks_from
+        for i in range(first, len(blocks)):
             proc = ValueProcessor(i, blocks[i].attn.processor)
             blocks[i].attn.set_processor(proc)
             self.processors[i] = proc

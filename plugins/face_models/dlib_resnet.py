@@ -503,6 +503,7 @@ class DlibFaceModel:
     input_size: ClassVar[int] = CHIP_SIZE
     differentiable: ClassVar[bool] = True
     schemes: ClassVar[tuple[LandmarkScheme, ...]] = ("dlib5",)
+    default_finder: ClassVar[str] = "dlib"
 
     def __init__(self, run: RunConfig, **options: Any) -> None:
         if options:

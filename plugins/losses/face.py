@@ -53,6 +53,8 @@ class PixelL2:
 
     maximize: ClassVar[bool] = False
     needs: ClassVar[frozenset[str]] = frozenset()
+    #: a cost on the perturbation itself: under EOT it sees the protected photo, not its purifications
+    eot: ClassVar[bool] = False
 
     def __call__(self, view: View) -> torch.Tensor:
         return (view.adv - view.clean).pow(2).flatten(1).mean(dim=1)

@@ -41,8 +41,10 @@ class FaceLock:
     default_losses: ClassVar[dict[str, float]] = {"face-cosine": 1.0, "lpips": 1.0, "latent-l2": 0.2}
     default_steps: ClassVar[int] = 100
     config_class: ClassVar[type] = LatentAttackConfig
-    #: fraction of the steps from which each term is on (released code)
+    #: fraction of the steps from which each term is on (released code: FR from ``i >= 0.35 * iters``,
+    #: LPIPS from ``i > 0.25 * iters``, strictly: the names in ``starts_after``)
     starts: ClassVar[dict[str, float]] = {"face-cosine": 0.35, "lpips": 0.25}
+    starts_after: ClassVar[frozenset[str]] = frozenset({"lpips"})
 
     def __init__(self, run: RunConfig, *, encoder: Encoder, face_model: FaceModel,
                  losses: Sequence[WeightedLoss], **options: Any) -> None:
@@ -51,7 +53,8 @@ class FaceLock:
 
     def protect(self, images: torch.Tensor, faces: Sequence[Face], budget: Budget) -> torch.Tensor:
         return run_latent_attack(images, faces, budget, run=self.run, config=self.config, encoder=self.encoder,
-                                 losses=self.losses, face_model=self.face_model, starts=self.starts)
+                                 losses=self.losses, face_model=self.face_model, starts=self.starts,
+                                 after=self.starts_after)
 
 
 @hookimpl

@@ -1,144 +1,226 @@
-"""Method ``fr-cloak``: push every face's embedding away from its own identity (Fawkes-style cloak).
+"""Method ``fr-cloak``: push every face away from its own identity under several face recognition
+models at once, so that the protection also holds against models it has never seen.
 
-Sign-gradient PGD in the photo's pixel space within an L-inf budget, through the face model's
-differentiable alignment, so the perturbation lands where the face recognition pipeline looks.
-Robustness: expectation over transformation (EOT) on the aligned chip with random similarity
-jitter (shift, rotation, scale, mirror; dlib's own ``jitter_image`` by default), which is what
-keeps the protection alive under ``num_jitters`` averaging; the loop optimises the 8-bit image that
-is saved (straight-through rounding). Only pixels that reach a face chip move; the work runs on the
-face region, so the cost follows the faces, not the photo size.
+Fawkes-style dodging cloak (Shan et al., USENIX Security 2020, https://arxiv.org/abs/2002.08327) built
+for transfer (``docs/transfer.md`` has the measured effect of each lever):
 
-Fawkes: Shan et al., USENIX Security 2020, https://arxiv.org/abs/2002.08327. PGD: Madry et al. 2018.
-Default objective: ``face-distance`` (untargeted dodging, in the face model's own metric: Euclidean
-for dlib; measured on the shared photos it beats ``face-cosine`` slightly, see benchmarks/). With target embeddings (``target=``),
+- an ensemble: every face model of the run (``--fr dlib,facenet``, the default), each reading its own
+  finder's faces through its own alignment, each term divided by that model's own match threshold;
+- expectation over the crops of pipelines we cannot see: every step re-cuts each face at a randomly
+  moved box and landmarks (``guardkit.geometry.jitter_faces``), mirrors and jitters the chip
+  (``jitter_chips``, dlib's ``jitter_image`` ranges) and, every other step, JPEG-compresses the photo
+  (BPDA);
+- the whole face and its surroundings move (the faces' boxes grown by ``surround``), not only the
+  pixels one chip reads, since another detector's crop reaches further;
+- momentum and Gaussian-smoothed gradients (``guardkit.transfer``);
+- a visibility-aware budget: a per-pixel bound from local texture within the L-inf eps, and a
+  whole-photo PSNR floor (``guardkit.visibility``).
+
+Default objective: ``face-distance`` in each model's own metric. With target embeddings (``target=``),
 impersonation towards that identity (Fawkes' targeted cloak).
 
-Example: ``guardkit run photo.jpg -o out/`` (fr-cloak against dlib, eps 4/255, 100 steps).
+Example: ``guardkit run photo.jpg -o out/`` (fr-cloak against dlib and FaceNet, strength low).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from guardkit import hookimpl
-from guardkit.attack import combine, pgd
+from guardkit.attack import combine
 from guardkit.config import Budget, RunConfig, build_config
+from guardkit.ensemble import Member
 from guardkit.eot import parse_eot, random_purification
-from guardkit.geometry import jitter_chips
+from guardkit.geometry import jitter_chips, jitter_faces, shift_face
+from guardkit.strength import Strength
+from guardkit.transfer import transfer_pgd
 from guardkit.types import Face, FaceModel, WeightedLoss
 from guardkit.view import View
+from guardkit.visibility import l2_cap, texture_bound
+
 
 @dataclass(frozen=True)
 class FrCloakConfig:
-    """``eot_draws``: jittered chips per step (0 = no EOT), shared by the faces of the batch (each face gets
-    ``ceil(eot_draws / faces)``, so a group photo costs about what a portrait does). ``step_fraction``: first PGD step as a
-    fraction of eps (cosine-decayed to a tenth). ``region_margin``: pixels added around the face
-    region that moves. ``model_jitter``: use the face model's own ``jitter`` for EOT (dlib's exact
-    ``jitter_image`` for ``dlib``) instead of the generic similarity jitter of ``guardkit.geometry``
-    with dlib's ranges; measured on the shared photos, the generic one protects as well (worst judged
-    distance 0.68 vs 0.66) and is cheaper, so it is the default (benchmarks/fr_cloak_dlib.py).
-    ``eot``: photo-level purifications drawn on every ``eot_every``-th step before the chip is cut
-    (``guardkit.eot``: "jpeg", "resize", "blur"; "" for none). JPEG (through BPDA) every second step
-    lifts the worst judged distance on the shared photos from 0.682 to 0.697 at 6 jitter draws."""
+    """Options (``-O key=value``); the defaults are the measured ones (``docs/transfer.md``).
 
-    eot_draws: int = 6
-    step_fraction: float = 0.25
-    region_margin: int = 2
-    model_jitter: bool = False
+    ``eot_draws``: re-cut crops per model per step, shared by the faces of the photo (each face gets
+    ``ceil(eot_draws / faces)``); ``model_draws`` sets it per model (``"facenet=2,dlib=4"``: FaceNet costs
+    about 5x dlib's step). ``crop_scale`` / ``crop_shift`` / ``crop_rotation``: the range of those
+    re-cuts (scale about the box centre, shift as a fraction of the box side, rotation in degrees).
+    ``chip_jitter``: also mirror and jitter each chip as dlib's ``jitter_image`` does.
+    ``surround``: the region that moves is every face box grown by this fraction of its side on each
+    side (feathered at its edge). ``momentum`` / ``smooth``: MI-FGSM's decay and TI's Gaussian sigma as a
+    fraction of the face side. ``step_fraction``: first step as a fraction of each pixel's bound.
+    ``texture_floor``: flat pixels may move ``texture_floor * eps``, textured ones ``eps`` (1 = plain L-inf).
+    ``psnr_floor``: whole-photo PSNR the result keeps (0 = none). ``cap``: a model's term, in units of its
+    own threshold, saturates softly at ``cap`` so the others get the gradient (0 = no cap).
+    ``decoy``: weight of a pull towards a random direction of each model's embedding space, drawn per face
+    from the photo's own pixels and the seed: two photos of one person are pushed apart from each other,
+    not only from the person (unlinkability, Fawkes #95); 0 = none.
+    ``eot``: photo-level purifications drawn on every ``eot_every``-th step (``guardkit.eot``)."""
+
+    eot_draws: int = 4
+    model_draws: str = "facenet=1"
+    crop_scale: float = 0.05
+    crop_shift: float = 0.03
+    crop_rotation: float = 3.0
+    chip_jitter: bool = True
+    surround: float = 0.2
+    momentum: float = 0.5
+    smooth: float = 0.0
+    step_fraction: float = 0.5
+    texture_floor: float = 1.0
+    psnr_floor: float = 0.0
+    cap: float = 0.0
+    decoy: float = 0.5
     eot: str = "jpeg"
     eot_every: int = 2
 
 
 class FrCloak:
-    """Untargeted (dodging) or targeted face-recognition cloak. Parts: a differentiable face model."""
+    """Untargeted (dodging) or targeted cloak against one face model or an ensemble of them."""
 
     needs: ClassVar[frozenset[str]] = frozenset({"face_model"})
     needs_gradients: ClassVar[bool] = True
+    accepts_ensemble: ClassVar[bool] = True
     default_losses: ClassVar[dict[str, float]] = {"face-distance": 1.0}
-    default_steps: ClassVar[int] = 100
+    default_steps: ClassVar[int] = 50
     config_class: ClassVar[type] = FrCloakConfig
+    strengths: ClassVar[dict[str, Strength]] = {
+        "low": Strength(4 / 255, 40, {"psnr_floor": 42.3},
+                        summary="the default: L-inf 4/255, whole-photo PSNR >= 42 dB, plain L-inf within the cap"),
+        "mid": Strength(8 / 255, 50, {"psnr_floor": 38.3, "texture_floor": 0.6, "surround": 0.35,
+                                      "crop_scale": 0.1, "crop_shift": 0.05, "crop_rotation": 5.0},
+                        summary="L-inf 8/255, whole-photo PSNR >= 38 dB, texture-aware; wider crops and surroundings "
+                                "for face recognition guardkit has never seen"),
+        "high": Strength(16 / 255, 60, {"psnr_floor": 33.3, "texture_floor": 0.5, "surround": 0.35,
+                                        "crop_scale": 0.1, "crop_shift": 0.05, "crop_rotation": 5.0},
+                         summary="L-inf 16/255, whole-photo PSNR >= 33 dB: visible; when not being found matters more"),
+    }
 
-    def __init__(self, run: RunConfig, *, face_model: FaceModel, losses: Sequence[WeightedLoss],
-                 target_embeddings: torch.Tensor | None = None, **options: Any) -> None:
+    def __init__(self, run: RunConfig, *, losses: Sequence[WeightedLoss], face_model: FaceModel | None = None,
+                 face_models: Sequence[Member] = (), target_embeddings: torch.Tensor | Mapping[str, torch.Tensor] | None = None,
+                 **options: Any) -> None:
+        if face_model is not None and face_models:
+            raise ValueError("give fr-cloak either face_model or face_models, not both")
         self.run = run
-        self.face_model = face_model
+        self.members = list(face_models) or ([Member("face model", face_model)] if face_model is not None else [])
+        if not self.members:
+            raise ValueError("fr-cloak needs at least one face model")
         self.losses = list(losses)
-        self.target_embeddings = target_embeddings
+        if isinstance(target_embeddings, torch.Tensor):
+            target_embeddings = {self.members[0].name: target_embeddings}
+        self.targets = dict(target_embeddings or {})
         self.config = build_config(FrCloakConfig, options)
 
+    @property
+    def face_model(self) -> FaceModel:
+        """The first model of the ensemble (the one the engine reports first)."""
+        return self.members[0].model
+
     def protect(self, images: torch.Tensor, faces: Sequence[Face], budget: Budget) -> torch.Tensor:
-        if not faces:
+        cfg = self.config
+        seen = [(m, m.faces(faces)) for m in self.members]
+        seen = [(m, fs) for m, fs in seen if fs]
+        if not seen:
             return images.clone()
-        x0, y0, x1, y1, mask = face_support(self.face_model, images, faces, self.config.region_margin)
+        all_faces = [f for _, fs in seen for f in fs]
+        x0, y0, x1, y1, mask = surroundings(images, all_faces, cfg.surround)
         region = images[:, :, y0:y1, x0:x1]
-        local = [shift_face(f, -x0, -y0) for f in faces]
         generator = torch.Generator(device=images.device).manual_seed(self.run.seed)
-        with torch.no_grad():
-            reference = self.face_model.embed(self.face_model.align(region, local))
-        draws = -(-self.config.eot_draws // len(faces)) if self.config.eot_draws else 0  # shared by the faces
+        side = sorted(max(f.box[2] - f.box[0], f.box[3] - f.box[1]) for f in all_faces)[len(all_faces) // 2]
+        terms = []
+        for member, fs in seen:
+            local = [shift_face(f, -x0, -y0) for f in fs]
+            with torch.no_grad():
+                reference = member.model.embed(member.model.align(region, local))
+            decoys = decoy_directions(region, local, reference.shape[1], self.run.seed) if cfg.decoy > 0 else None
+            terms.append((member, local, reference, self.targets.get(member.name), decoys))
+        purifications = parse_eot(cfg.eot)
+        draws_of = {name.strip(): int(value) for name, _, value in
+                    (pair.partition("=") for pair in cfg.model_draws.split(",") if pair.strip())}
 
-        model_jitter = getattr(self.face_model, "jitter", None)  # the model's own jitter, when it has one
-
-        def transform(chips: torch.Tensor) -> torch.Tensor:
-            if model_jitter is not None and self.config.model_jitter:
-                return model_jitter(chips, draws, generator)
-            return jitter_chips(chips, draws, generator)
-
-        purifications = parse_eot(self.config.eot)
+        def chip_transform(chips: torch.Tensor) -> torch.Tensor:
+            return jitter_chips(chips, 1, generator)
 
         def objective(x_adv: torch.Tensor, step: int) -> torch.Tensor:
-            if purifications and step % self.config.eot_every == 0:
+            if purifications and step % cfg.eot_every == 0:
                 x_adv = random_purification(x_adv, purifications, generator)
-            view = View(region, x_adv, local, face_model=self.face_model, reference_embeddings=reference,
-                        chip_transform=transform if draws > 0 else None,
-                        target_embeddings=self.target_embeddings)
-            return combine(self.losses, view)
+            total = torch.zeros(images.shape[0], device=images.device)
+            for member, local, reference, target, decoys in terms:
+                wanted = draws_of.get(member.name, cfg.eot_draws)
+                draws = -(-wanted // len(local)) if wanted > 0 else 0
+                moved = jitter_faces(local, draws, generator, scale=cfg.crop_scale, shift=cfg.crop_shift,
+                                     rotation_deg=cfg.crop_rotation) if draws else local
+                repeat = max(draws, 1)
+                view = View(region, x_adv, moved, face_model=member.model, reference_embeddings=reference.repeat(repeat, 1),
+                            chip_transform=chip_transform if cfg.chip_jitter else None,
+                            target_embeddings=None if target is None else target.repeat(repeat, 1))
+                term = combine(self.losses, view) / member.model.threshold
+                if decoys is not None and target is None:
+                    pull = F.cosine_similarity(view.embeddings, decoys.repeat(len(view.embeddings) // len(decoys), 1), dim=1)
+                    term = term + cfg.decoy * view.per_image_mean(pull)
+                if cfg.cap > 0:
+                    term = cfg.cap * torch.tanh(term / cfg.cap)
+                total = total + member.weight * term
+            return total
 
-        protected = pgd(region, objective, budget, generator=generator, mask=mask,
-                        step_size=budget.step_size or self.config.step_fraction * budget.eps)
+        bound = texture_bound(region, budget.eps, floor=cfg.texture_floor, mask=mask) * mask
+        l2 = None
+        if cfg.psnr_floor > 0:
+            l2 = torch.full((images.shape[0],), l2_cap(cfg.psnr_floor, images[0].numel()), device=images.device)
+        protected = transfer_pgd(region, objective, bound=bound, steps=budget.steps, generator=generator, l2=l2,
+                                 step_size=(budget.step_size / budget.eps) if budget.step_size else cfg.step_fraction,
+                                 momentum=cfg.momentum, smooth_sigma=cfg.smooth * side,
+                                 random_start=budget.random_start)
         out = images.clone()
         out[:, :, y0:y1, x0:x1] = protected
         return out
 
 
-def shift_face(face: Face, dx: float, dy: float) -> Face:
-    left, top, right, bottom = face.box
-    points = tuple((x + dx, y + dy) for x, y in face.landmarks)
-    return Face(face.image_index, (left + dx, top + dy, right + dx, bottom + dy), points,  # type: ignore[arg-type]
-                face.scheme, face.score)
+def decoy_directions(region: torch.Tensor, faces: Sequence[Face], dim: int, seed: int) -> torch.Tensor:
+    """One random unit direction per face [N, dim], drawn from its photo's own pixels, the face's place and
+    the run's seed: every photo (and every seed) gets its own, the same photo and seed the same one, and a
+    photo's draw does not depend on the batch it is in."""
+    rows = []
+    for face in faces:
+        pixels = torch.round(region[face.image_index].detach().float() * 255).to(torch.int64).flatten()[::97]
+        digest = (int(pixels.sum()) * 1_000_003 + int(face.box[0]) * 7919 + int(face.box[1]) * 31 + seed) % (2**63)
+        rows.append(torch.randn(dim, generator=torch.Generator().manual_seed(digest)))
+    return F.normalize(torch.stack(rows), dim=1).to(region.device)
 
 
-def face_support(model: FaceModel, images: torch.Tensor, faces: Sequence[Face], margin: int
+def surroundings(images: torch.Tensor, faces: Sequence[Face], surround: float
                  ) -> tuple[int, int, int, int, torch.Tensor]:
-    """The pixels that reach any face chip: their bounding box (x0, y0, x1, y1) and a 0/1 mask
-    [B,1,h,w] over that box, found by one backward pass through the model's own alignment.
-
-    The probe runs on a window of twice each face box's size on every side (a chip never reaches
-    further), so its cost follows the faces, not the photo."""
+    """The region that moves: every face box grown by ``surround`` of its side on each side, as the
+    bounding box (x0, y0, x1, y1) of them all and a feathered mask [B,1,h,w] in [0, 1] over it (each
+    photo of the batch gets its own faces' boxes). Feathering ramps the mask over a tenth of the face
+    side, so the perturbation has no hard edge."""
     height, width = images.shape[-2:]
-    grow = [max(f.box[2] - f.box[0], f.box[3] - f.box[1]) * 2 + margin + 2 for f in faces]
-    wx0 = max(0, int(min(f.box[0] - g for f, g in zip(faces, grow))))
-    wy0 = max(0, int(min(f.box[1] - g for f, g in zip(faces, grow))))
-    wx1 = min(width, int(max(f.box[2] + g for f, g in zip(faces, grow))) + 1)
-    wy1 = min(height, int(max(f.box[3] + g for f, g in zip(faces, grow))) + 1)
-    probe = images[:, :, wy0:wy1, wx0:wx1].detach().clone().requires_grad_(True)
-    (grad,) = torch.autograd.grad(model.align(probe, [shift_face(f, -wx0, -wy0) for f in faces]).sum(), probe)
-    reach = grad.abs().sum(dim=1, keepdim=True) > 0  # [B,1,h,w]
-    if margin > 0:
-        reach = F.max_pool2d(reach.float(), 2 * margin + 1, stride=1, padding=margin) > 0
-    rows = reach.any(dim=0).any(dim=0).any(dim=1).nonzero()
-    cols = reach.any(dim=0).any(dim=0).any(dim=0).nonzero()
-    if len(rows) == 0:
-        raise ValueError("the face model's alignment reads no pixel of the photo")
-    y0, y1 = int(rows.min()), int(rows.max()) + 1
-    x0, x1 = int(cols.min()), int(cols.max()) + 1
-    return x0 + wx0, y0 + wy0, x1 + wx0, y1 + wy0, reach[:, :, y0:y1, x0:x1].to(images.dtype)
+    grown = []
+    for f in faces:
+        side = max(f.box[2] - f.box[0], f.box[3] - f.box[1])
+        pad = surround * side
+        grown.append((f.image_index, max(0, int(f.box[0] - pad)), max(0, int(f.box[1] - pad)),
+                      min(width, int(math.ceil(f.box[2] + pad))), min(height, int(math.ceil(f.box[3] + pad))), side))
+    x0, y0 = min(g[1] for g in grown), min(g[2] for g in grown)
+    x1, y1 = max(g[3] for g in grown), max(g[4] for g in grown)
+    if x1 <= x0 or y1 <= y0:
+        raise ValueError("the faces lie outside the photo")
+    mask = images.new_zeros(images.shape[0], 1, y1 - y0, x1 - x0)
+    for index, left, top, right, bottom, _ in grown:
+        mask[index, :, top - y0:bottom - y0, left - x0:right - x0] = 1
+    feather = max(1, int(0.1 * min(g[5] for g in grown))) | 1
+    if feather > 1:
+        mask = F.avg_pool2d(F.pad(mask, (feather // 2,) * 4), feather, stride=1) * mask
+    return x0, y0, x1, y1, mask
 
 
 @hookimpl
 def guardkit_register_methods(register):
-    register("fr-cloak", FrCloak, summary="Fawkes-style cloak: PGD + jitter EOT against a face model (default)")
+    register("fr-cloak", FrCloak, summary="cloak against an ensemble of face models, built to transfer (default)")

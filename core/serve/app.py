@@ -1,0 +1,263 @@
+"""``create_app``: the FastAPI application (routes, errors as one-line JSON, the bearer token)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hmac
+import logging
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+
+from guardkit.config import RunConfig, parse_fraction
+from guardkit.errors import (CapabilityError, ConfigError, GuardkitError, ImageError, NoFaceError, RegistryError,
+                             WeightsError, first_line)
+from guardkit.serve.pool import Busy, TimeLimit, WorkerPool
+from guardkit.serve.settings import ServeSettings
+from guardkit.serve.uploads import Form, UploadError, check_photo_part, read_form, store_photo
+from guardkit.loaded import LoadedEngine
+from guardkit.serve.worker import PhotoFailed, ProtectOptions, protect_photo, verify_photo
+from guardkit.verify import DEFAULT_PURIFY
+
+log = logging.getLogger("guardkit.serve")
+
+STATIC = {"app.js": "text/javascript", "style.css": "text/css", "index.html": "text/html"}
+_BACKSTOP_S = 30.0  # beyond the time limit, for work the step check cannot interrupt (finding faces)
+
+_PHOTO_FORM = {"type": "string", "format": "binary", "description": "The photo (JPEG, PNG, WebP, ...)."}
+PROTECT_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["file"], "properties": {
+        "file": _PHOTO_FORM,
+        "strength": {"type": "string", "enum": ["low", "mid", "high"], "description": "The method's preset."},
+        "eps": {"type": "string", "description": "L-inf cap in [0,1] pixel units, e.g. 4/255 (overrides strength)."},
+        "steps": {"type": "integer", "description": "Optimisation steps (overrides strength)."},
+        "method": {"type": "string", "description": "Protection method (default fr-cloak)."},
+        "fr": {"type": "string", "description": "Face models, comma-separated (default: the service's)."},
+        "format": {"type": "string", "enum": ["png", "jpeg"], "default": "png"},
+        "seed": {"type": "integer", "default": 0}}}}}},
+    "responses": {"200": {"description": "The protected photo (image/png), or with `Accept: application/json` "
+                                         "its summary and the photo base64-encoded.",
+                          "content": {"image/png": {}, "image/jpeg": {}, "application/json": {}}}}}
+VERIFY_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["file", "reference"], "properties": {
+        "file": _PHOTO_FORM, "reference": {**_PHOTO_FORM, "description": "Another photo of the same person."},
+        "fr": {"type": "string", "description": "Face models, comma-separated (default: every installed one)."},
+        "purify": {"type": "string", "description": f"Purifications, comma-separated (default {','.join(DEFAULT_PURIFY)})."}}}}}}}
+
+
+def error(status: int, message: str, headers: dict[str, str] | None = None, *, root: Path | None = None) -> JSONResponse:
+    """``{"error": "one line"}``; paths inside the private folder ``root`` lose it (the Engine names
+    files by path, and ours are no business of the client's)."""
+    line = first_line(Exception(message))
+    if root is not None:
+        line = re.sub(re.escape(str(root)) + r"/[^/\s]+/", "", line)
+    return JSONResponse({"error": line}, status_code=status, headers=headers)
+
+
+def create_app(settings: ServeSettings = ServeSettings(), *,
+               make_engine: Callable[[], LoadedEngine] = LoadedEngine) -> FastAPI:
+    """The service. Workers start (each building its Engine) when the app starts (its lifespan)."""
+    base = RunConfig(threads=settings.threads, weights_dir=settings.weights_dir)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.root = Path(tempfile.mkdtemp(prefix="guardkit-serve-"))  # mode 0700
+        app.state.pool = WorkerPool(make_engine, workers=settings.workers, queue_size=settings.queue_size)
+        app.state.pool.start()
+        try:
+            yield
+        finally:
+            app.state.pool.stop()
+            shutil.rmtree(app.state.root, ignore_errors=True)
+
+    app = FastAPI(title="guardkit", summary="Protect the faces in a photo from face recognition.",
+                  lifespan=lifespan)
+    app.state.settings = settings
+
+    async def require_token(request: Request) -> None:
+        if settings.token is None:
+            return
+        sent = request.headers.get("authorization", "")
+        scheme, _, value = sent.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), settings.token.encode()):
+            raise HTTPException(401, "a bearer token is required (Authorization: Bearer TOKEN)",
+                                headers={"WWW-Authenticate": "Bearer"})
+
+    _install_error_handlers(app)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page() -> Response:
+        return _static("index.html")
+
+    @app.get("/static/{name}", include_in_schema=False)
+    async def static(name: str) -> Response:
+        if name not in STATIC:
+            raise HTTPException(404, f"no such file: {name}")
+        return _static(name)
+
+    @app.get("/healthz")
+    async def healthz(request: Request) -> JSONResponse:
+        pool: WorkerPool = request.app.state.pool
+        ok = pool.ready == pool.workers
+        body = {"status": "ok" if ok else ("failed" if pool.startup_error else "starting"),
+                "workers": pool.workers, "ready": pool.ready, "waiting": pool.waiting,
+                "queue_size": settings.queue_size, "token_required": settings.token is not None,
+                "limits": {"upload_bytes": settings.max_upload_bytes, "pixels": settings.max_pixels,
+                           "seconds": settings.time_limit_s, "steps": settings.max_steps}}
+        if pool.startup_error:
+            body["error"] = pool.startup_error
+        return JSONResponse(body, status_code=200 if ok else 503)
+
+    @app.post("/v1/protect", dependencies=[Depends(require_token)], openapi_extra=PROTECT_BODY)
+    async def protect(request: Request) -> Response:
+        """Protect the faces in the uploaded photo (multipart field `file`)."""
+        form = await read_form(request, settings.max_upload_bytes)
+        part = check_photo_part(form, "file")
+        options = protect_options(form, settings)
+        result = await _in_worker(request, {"file": part}, lambda engine, paths, folder, on_step: protect_photo(
+            engine, paths["file"], folder, options, base=base, on_step=on_step))
+        if "application/json" in request.headers.get("accept", ""):
+            return JSONResponse({**result.summary(), "image_base64": base64.b64encode(result.data).decode()})
+        suffix = "png" if options.fmt == "png" else "jpg"
+        return Response(result.data, media_type=result.media_type, headers={
+            "Content-Disposition": f'attachment; filename="protected.{suffix}"', "Cache-Control": "no-store"})
+
+    @app.post("/v1/verify", dependencies=[Depends(require_token)], openapi_extra=VERIFY_BODY)
+    async def verify(request: Request) -> JSONResponse:
+        """Distances and match / no match of a photo against a reference photo, per face model and purification."""
+        form = await read_form(request, settings.max_upload_bytes)
+        parts = {name: check_photo_part(form, name) for name in ("file", "reference")}
+        fr = _names(form.text("fr")) or (list(settings.face_models) if settings.face_models else None)
+        purify = _names(form.text("purify")) or list(DEFAULT_PURIFY)
+        result = await _in_worker(request, parts, lambda engine, paths, folder, on_step: verify_photo(
+            engine, paths["file"], paths["reference"], face_models=fr, purify=purify, base=base))
+        return JSONResponse({"rows": result.rows, "warnings": result.warnings})
+
+    async def _in_worker(request: Request, parts: dict, job: Callable) -> Any:
+        """Store the parts in a fresh private folder, run ``job`` on a worker, remove the folder."""
+        pool: WorkerPool = request.app.state.pool
+        folder = Path(tempfile.mkdtemp(dir=request.app.state.root))
+        owned_by_job = False
+        try:
+            paths = {}
+            for name, part in parts.items():
+                paths[name] = await run_in_threadpool(store_photo, part, folder, settings.max_pixels)
+
+            def run(engine: LoadedEngine, deadline: float) -> Any:
+                def on_step(step: int, steps: int) -> None:
+                    if time.monotonic() > deadline:
+                        raise TimeLimit("stopped")
+                try:
+                    return job(engine, paths, folder, on_step)
+                finally:
+                    shutil.rmtree(folder, ignore_errors=True)
+
+            future = pool.submit(run, time_limit=settings.time_limit_s)
+            owned_by_job = True
+            try:
+                return await asyncio.wait_for(asyncio.wrap_future(future), settings.time_limit_s + _BACKSTOP_S)
+            except (asyncio.TimeoutError, asyncio.CancelledError):
+                owned_by_job = not future.cancel()
+                if owned_by_job:
+                    raise TimeLimit("stopped") from None
+                raise
+        finally:
+            if not owned_by_job:
+                shutil.rmtree(folder, ignore_errors=True)
+
+    return app
+
+
+def protect_options(form: Form, settings: ServeSettings) -> ProtectOptions:
+    """The request's options, checked; unknown names are left to the Engine (which lists the known ones)."""
+    fmt = (form.text("format") or "png").lower()
+    if fmt not in ("png", "jpeg", "jpg"):
+        raise UploadError(400, f"format must be png or jpeg, got {fmt!r}")
+    strength = form.text("strength")
+    eps = form.text("eps")
+    steps = _integer(form.text("steps"), "steps")
+    if steps is not None and not 0 <= steps <= settings.max_steps:
+        raise UploadError(400, f"steps must be from 0 to {settings.max_steps}, got {steps}")
+    try:
+        eps_value = parse_fraction(eps) if eps else None
+    except ConfigError as exc:
+        raise UploadError(400, f"eps: {exc}") from None
+    if eps_value is not None and not 0 < eps_value <= 1:
+        raise UploadError(400, f"eps must be in (0, 1] (pixel units, e.g. 4/255), got {eps}")
+    fr = _names(form.text("fr"))
+    return ProtectOptions(method=form.text("method"), strength=strength, eps=eps_value, steps=steps,
+                          face_models=tuple(fr) if fr else settings.face_models,
+                          fmt="jpeg" if fmt == "jpg" else fmt, seed=_integer(form.text("seed"), "seed") or 0)
+
+
+def _integer(text: str | None, name: str) -> int | None:
+    if text is None:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise UploadError(400, f"{name} must be a whole number, got {text!r}") from None
+
+
+def _names(text: str | None) -> list[str]:
+    return [n.strip() for n in (text or "").split(",") if n.strip()]
+
+
+def _static(name: str) -> Response:
+    data = resources.files("guardkit.serve").joinpath("static", name).read_bytes()
+    return Response(data, media_type=STATIC[name], headers={"Cache-Control": "no-cache"})
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    """Every error leaves as ``{"error": "one line"}`` with a 4xx/5xx status, never a traceback."""
+
+    @app.exception_handler(UploadError)
+    async def upload(_: Request, exc: UploadError) -> JSONResponse:
+        return error(exc.status, str(exc))
+
+    @app.exception_handler(Busy)
+    async def busy(_: Request, exc: Busy) -> JSONResponse:
+        return error(429, str(exc), {"Retry-After": str(exc.retry_after)})
+
+    @app.exception_handler(TimeLimit)
+    async def too_long(request: Request, _: TimeLimit) -> JSONResponse:
+        limit = request.app.state.settings.time_limit_s
+        return error(503, f"the request took longer than the limit of {limit:g} s", {"Retry-After": "60"})
+
+    @app.exception_handler(GuardkitError)
+    async def guardkit_error(request: Request, exc: GuardkitError) -> JSONResponse:
+        if isinstance(exc, (ConfigError, RegistryError, CapabilityError)):
+            status = 400
+        elif isinstance(exc, (ImageError, NoFaceError, PhotoFailed)):
+            status = 422
+        elif isinstance(exc, WeightsError):
+            status = 503
+        else:
+            status = 500
+        return error(status, str(exc), root=getattr(request.app.state, "root", None))
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
+        return error(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return error(422, f"invalid request: {exc.errors()[0].get('msg', 'bad value') if exc.errors() else 'bad value'}")
+
+    @app.exception_handler(Exception)
+    async def internal(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error")
+        return error(500, f"internal error ({type(exc).__name__}); the server log has the details")

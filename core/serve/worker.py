@@ -1,0 +1,103 @@
+"""The one adapter between the service and the Engine's API (each worker holds a ``LoadedEngine``).
+
+Everything the service asks of guardkit goes through :func:`protect_photo` and :func:`verify_photo`, so
+that a change of ``Engine.protect``'s parameters is adapted here and nowhere else. No protection logic
+lives here: options are passed through, results are read back.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from guardkit.config import RunConfig
+from guardkit.engine import DEFAULT_METHOD, Engine
+from guardkit.errors import GuardkitError
+from guardkit.imageio import save_image
+
+_MEDIA_TYPE = {"png": "image/png", "jpeg": "image/jpeg"}
+
+
+@dataclass(frozen=True)
+class ProtectOptions:
+    """What a request may choose. ``None``: the method's (or the service's) default."""
+
+    method: str | None = None
+    strength: str | None = None
+    eps: float | None = None
+    steps: int | None = None
+    face_models: tuple[str, ...] | None = None
+    fmt: str = "png"
+    seed: int = 0
+
+
+@dataclass
+class Protected:
+    """One protected photo, encoded without metadata, and the Engine's summary of it."""
+
+    data: bytes
+    media_type: str
+    faces: int
+    linf: float
+    psnr: float
+    distances: dict[str, float]
+    thresholds: dict[str, float]
+    method: str
+    eps: float
+    steps: int
+    seconds: float
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready (non-finite numbers as None), without the image."""
+        def finite(x: float) -> float | None:
+            return x if math.isfinite(x) else None
+
+        models = {name: {"distance": finite(d), "threshold": self.thresholds.get(name),
+                         "match": None if not math.isfinite(d) else d <= self.thresholds.get(name, math.inf)}
+                  for name, d in self.distances.items()}
+        return {"method": self.method, "eps": self.eps, "steps": self.steps, "faces": self.faces,
+                "linf": self.linf, "linf_255": round(self.linf * 255), "psnr": finite(self.psnr),
+                "face_models": models, "seconds": self.seconds, "media_type": self.media_type}
+
+
+class PhotoFailed(GuardkitError):
+    """The Engine reported the photo as failed (no face, ...): the message is its one line."""
+
+
+def protect_photo(engine: Engine, photo: Path, workdir: Path, options: ProtectOptions, *,
+                  base: RunConfig = RunConfig(), on_step: Callable[[int, int], None] | None = None) -> Protected:
+    """THE adapter to ``Engine.protect``: protect ``photo``, encode it (metadata stripped) via ``workdir``."""
+    method = options.method or DEFAULT_METHOD
+    run, method_options = engine.resolve_strength(method, replace(base, seed=options.seed), options.strength, None,
+                                                  eps=options.eps, steps=options.steps, explicit_run=False)
+    models: dict[str, Any] = {"face_model": list(options.face_models)} if options.face_models else {}
+    result = engine.protect([photo], method=method, run=run, options=method_options, on_step=on_step, **models)
+    (done,) = result.photos
+    if done.status != "protected" or done.protected is None:
+        raise PhotoFailed(done.error or f"the photo was {done.status}")
+    out = workdir / f"protected.{'png' if options.fmt == 'png' else 'jpg'}"
+    save_image(done.protected, out, fmt=options.fmt)
+    return Protected(out.read_bytes(), _MEDIA_TYPE[options.fmt], done.faces, done.linf, done.psnr,
+                     dict(done.distances), dict(result.thresholds), method, run.budget.eps, run.budget.steps,
+                     done.seconds)
+
+
+@dataclass
+class Verified:
+    rows: list[dict[str, Any]]
+    warnings: list[str] = field(default_factory=list)
+
+
+def verify_photo(engine: Engine, photo: Path, reference: Path, *, face_models: Sequence[str] | None,
+                 purify: Sequence[str], base: RunConfig = RunConfig()) -> Verified:
+    """``guardkit.verify.verify`` (the same table as ``guardkit verify --json``)."""
+    from guardkit.verify import verify
+
+    warnings: list[str] = []
+    rows = verify(engine, photo, reference, face_models=face_models, purify=purify, run=base,
+                  on_warning=warnings.append)
+    return Verified([{"face_model": r.face_model, "purify": r.purify,
+                      "distance": None if math.isnan(r.distance) else r.distance,
+                      "threshold": r.threshold, "metric": r.metric, "decision": r.decision} for r in rows], warnings)

@@ -1,0 +1,247 @@
+"""The transfer machinery: ensembles of face models each read through its own finder, the momentum loop
+under a per-pixel bound and an L2 cap, the visibility-aware budget, crop EOT, and strength presets."""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar
+
+import pytest
+import torch
+
+from guardkit import hookimpl
+from guardkit.config import Budget, RunConfig
+from guardkit.engine import Engine
+from guardkit.ensemble import Member, parse_models
+from guardkit.errors import CapabilityError, ConfigError
+from guardkit.geometry import jitter_faces
+from guardkit.plugins.losses.face import FaceDistance
+from guardkit.plugins.methods.fr_cloak import FrCloak, decoy_directions
+from guardkit.strength import Strength, apply_strength
+from guardkit.testing import TinyFaceModel
+from guardkit.transfer import transfer_pgd
+from guardkit.types import Face, WeightedLoss
+from guardkit.visibility import l2_cap, texture_bound
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+class OtherTinyFaceModel(TinyFaceModel):
+    """A second tiny family: other random weights, Euclidean metric, its own finder."""
+
+    metric: ClassVar[str] = "euclidean"
+    threshold: ClassVar[float] = 0.6
+    default_finder: ClassVar[str] = "insightface"
+
+    def load(self):
+        super().load()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(4321)
+            for layer in self.net:
+                if hasattr(layer, "reset_parameters"):
+                    layer.reset_parameters()
+
+    def embed(self, chips):
+        return torch.nn.functional.normalize(super().embed(chips), dim=1)
+
+    def distance(self, a, b):
+        return (a - b).norm(dim=1)
+
+
+class TwoModelsPlugin:
+    @hookimpl
+    def guardkit_register_face_models(self, register):
+        register("tiny", TinyFaceModel, summary="tiny")
+        register("tiny-other", OtherTinyFaceModel, summary="tiny, other family")
+
+
+def face_at(cx: float, cy: float, s: float, finder: str) -> Face:
+    pts = ((cx - 0.4 * s, cy - 0.3 * s), (cx + 0.4 * s, cy - 0.3 * s), (cx, cy + 0.1 * s),
+           (cx - 0.3 * s, cy + 0.5 * s), (cx + 0.3 * s, cy + 0.5 * s))
+    return Face(0, (cx - s, cy - s, cx + s, cy + s), pts, "arcface5", finder=finder)
+
+
+@pytest.fixture(scope="module")
+def models():
+    a, b = TinyFaceModel(RunConfig()), OtherTinyFaceModel(RunConfig())
+    a.load(), b.load()
+    return a, b
+
+
+@pytest.fixture
+def photo():
+    gen = torch.Generator().manual_seed(5)
+    coarse = torch.rand(1, 3, 10, 12, generator=gen)
+    image = torch.nn.functional.interpolate(coarse, size=(80, 96), mode="bilinear", align_corners=False)
+    return torch.round(image * 255) / 255
+
+
+def distance(model, clean, adv, faces):
+    return model.distance(model.embed(model.align(adv, faces)), model.embed(model.align(clean, faces)))
+
+
+def test_parse_models_keeps_order_and_drops_repeats():
+    assert parse_models("dlib, facenet,,dlib") == ("dlib", "facenet")
+    assert parse_models(["facenet"]) == ("facenet",) and parse_models(None) == ()
+
+
+def test_member_reads_its_own_finders_faces_and_untagged_ones():
+    mine, theirs, untagged = face_at(20, 20, 8, "dlib"), face_at(40, 40, 8, "mtcnn"), face_at(60, 20, 8, "")
+    member = Member("dlib", TinyFaceModel(), "dlib")
+    assert member.faces([mine, theirs, untagged]) == [mine, untagged]
+
+
+def test_ensemble_cloak_moves_every_model_further_than_noise(models, photo):
+    a, b = models
+    faces = [face_at(40, 38, 16, "one"), face_at(42, 40, 17, "two")]  # one face, as two finders see it
+    members = [Member("tiny", a, "one"), Member("tiny-other", b, "two")]
+    budget = Budget(eps=8 / 255, steps=15)
+    loss = [WeightedLoss(1.0, FaceDistance(), "face-distance")]
+    out = FrCloak(RunConfig(), face_models=members, losses=loss, eot="").protect(photo, faces, budget)
+    assert (out - photo).abs().max() <= 8 / 255 + 1e-6 and out.min() >= 0 and out.max() <= 1
+    noise = (photo + (torch.rand(photo.shape, generator=torch.Generator().manual_seed(0)) * 2 - 1) * 8 / 255).clamp(0, 1)
+    for model, face in ((a, faces[0]), (b, faces[1])):
+        moved, baseline = distance(model, photo, out, [face]), distance(model, photo, noise, [face])
+        assert (moved > 2 * baseline).all(), (type(model).__name__, moved, baseline)
+
+
+def test_ensemble_term_is_scaled_by_each_models_threshold(models, photo):
+    """A model whose threshold is twice as large counts half as much per unit of its distance."""
+    a, _ = models
+    faces = [face_at(40, 38, 16, "one")]
+    loss = [WeightedLoss(1.0, FaceDistance(), "face-distance")]
+    seen = []
+
+    class Halved(TinyFaceModel):
+        threshold: ClassVar[float] = 1.0
+
+    halved = Halved(RunConfig())
+    halved.load()
+    for model in (a, halved):
+        cloak = FrCloak(RunConfig(), face_model=model, losses=loss, eot="", eot_draws=0, chip_jitter=False)
+        values = []
+        original = cloak.members[0].model.distance
+
+        def spy(x, y, original=original, values=values):
+            d = original(x, y)
+            values.append(float(d.detach().mean()))
+            return d
+        cloak.members[0].model.distance = spy
+        try:
+            cloak.protect(photo, faces, Budget(eps=4 / 255, steps=1, random_start=False))
+        finally:
+            del cloak.members[0].model.distance
+        seen.append(values[0] / model.threshold)
+    assert a.threshold == 0.5 and seen[0] == pytest.approx(2 * seen[1], rel=1e-5)
+
+
+def test_transfer_loop_respects_a_per_pixel_bound_and_the_l2_cap_after_rounding(photo):
+    bound = torch.full_like(photo[:, :1], 8 / 255)
+    bound[..., :40, :] = 2 / 255  # the top half may move only a quarter as much
+    cap = torch.tensor([l2_cap(40.0, photo[0].numel())])
+    target = torch.rand(photo.shape, generator=torch.Generator().manual_seed(1))
+    out = transfer_pgd(photo, lambda x, t: -(x - target).pow(2).flatten(1).sum(1), bound=bound, steps=20,
+                       step_size=0.5, generator=torch.Generator().manual_seed(0), l2=cap)
+    delta = out - photo
+    assert torch.equal(out, torch.round(out * 255) / 255)  # 8-bit, as saved
+    assert (delta[..., :40, :].abs() <= 2 / 255 + 1e-6).all() and (delta.abs() <= 8 / 255 + 1e-6).all()
+    psnr = 10 * math.log10(1 / delta.pow(2).mean().item())
+    assert 40.0 <= psnr < 40.5, psnr  # the cap binds and is spent, not exceeded
+    assert (out - target).pow(2).sum() < (photo - target).pow(2).sum()
+
+
+def test_texture_bound_gives_flat_pixels_the_floor_and_busy_ones_eps():
+    flat = torch.full((1, 3, 32, 32), 0.5)
+    busy = flat.clone()
+    busy[..., :, 16:] = torch.rand(1, 3, 32, 16, generator=torch.Generator().manual_seed(2))
+    bound = texture_bound(busy, 8 / 255, floor=0.25)
+    assert bound[..., 8:24, :8].max() == pytest.approx(2 / 255)
+    assert bound[..., 8:24, 20:].median() > 0.9 * 8 / 255 and bound.max() == pytest.approx(8 / 255)
+    assert (bound <= 8 / 255 + 1e-7).all() and (bound >= 2 / 255 - 1e-7).all()
+    with pytest.raises(ValueError):
+        texture_bound(flat, 8 / 255, floor=1.5)
+
+
+def test_l2_cap_is_the_psnr_floor():
+    cap = l2_cap(42.0, 3 * 100 * 100)
+    mse = cap**2 / (3 * 100 * 100)
+    assert 10 * math.log10(1 / mse) == pytest.approx(42.0)
+
+
+def test_jitter_faces_moves_each_face_in_k_blocks_and_is_seeded():
+    faces = [face_at(20, 20, 8, "a"), face_at(60, 30, 10, "b")]
+    one = jitter_faces(faces, 3, torch.Generator().manual_seed(4), scale=0.1, shift=0.05, rotation_deg=5)
+    two = jitter_faces(faces, 3, torch.Generator().manual_seed(4), scale=0.1, shift=0.05, rotation_deg=5)
+    assert one == two and len(one) == 6
+    assert [f.finder for f in one] == ["a", "b"] * 3
+    for k in range(3):
+        for i, face in enumerate(faces):
+            moved = one[k * 2 + i]
+            side = face.box[2] - face.box[0]
+            assert abs((moved.box[2] - moved.box[0]) / side - 1) <= 0.1 + 1e-9
+            assert moved.box != face.box
+    still = jitter_faces(faces, 1, torch.Generator(), scale=0, shift=0, rotation_deg=0)
+    assert all(math.isclose(a, b, abs_tol=1e-9) for f, g in zip(still, faces) for a, b in zip(f.box, g.box))
+
+
+def test_engine_builds_an_ensemble_each_model_with_its_own_finder():
+    engine = Engine(plugins=[TwoModelsPlugin()])
+    specs = engine.check("fr-cloak", face_model=["tiny", "tiny-other"])
+    assert [(m.name, f.name) for m, f in specs["face_models"]] == [("tiny", "dlib"), ("tiny-other", "insightface")]
+    with pytest.raises(CapabilityError, match="takes one face model"):
+        engine.check("photoguard", face_model=["tiny", "tiny-other"], encoder="sd-vae")
+
+
+def test_the_default_ensemble_is_dlib_and_facenet_through_their_own_finders():
+    specs = Engine().check("fr-cloak", face_model=["dlib", "facenet"])
+    assert [(m.name, f.name) for m, f in specs["face_models"]] == [("dlib", "dlib"), ("facenet", "mtcnn")]
+    with pytest.raises(CapabilityError, match="face finder 'dlib' gives dlib5.*'facenet'"):
+        Engine().check("fr-cloak", face_model=["dlib", "facenet"], face_finder="dlib")
+
+
+def test_strength_presets_and_explicit_values_win():
+    class Method:
+        strengths = {"low": Strength(4 / 255, 10, {"a": 1, "b": 2}), "mid": Strength(8 / 255, 20, {"a": 3})}
+
+    budget, options = apply_strength(Method, "mid", Budget(step_size=0.01), {"b": 5})
+    assert (budget.eps, budget.steps, budget.step_size, options) == (8 / 255, 20, 0.01, {"a": 3, "b": 5})
+    budget, options = apply_strength(Method, "low", None, {"a": 9}, eps=2 / 255, steps=3)
+    assert (budget.eps, budget.steps, options) == (2 / 255, 3, {"a": 9, "b": 2})
+    with pytest.raises(ConfigError, match="unknown strength 'max'; this method has: low, mid"):
+        apply_strength(Method, "max", None, None)
+
+
+def test_engine_runs_a_methods_low_preset_unless_told_otherwise():
+    engine = Engine()
+    run, options = engine.resolve_strength("fr-cloak", None, None, None)
+    low = FrCloak.strengths["low"]
+    assert (run.budget.eps, run.budget.steps) == (low.eps, low.steps) and options == dict(low.options)
+    run, options = engine.resolve_strength("fr-cloak", RunConfig(budget=Budget(eps=2 / 255, steps=7)), None, {"x": 1})
+    assert (run.budget.eps, run.budget.steps, options) == (2 / 255, 7, {"x": 1})  # a chosen run is kept
+    run, _ = engine.resolve_strength("fr-cloak", None, "mid", None)
+    assert run.budget.eps == 8 / 255 and FrCloak.strengths["mid"].options["psnr_floor"] >= 38
+
+
+def test_decoys_differ_between_photos_and_seeds_and_repeat_for_the_same(photo):
+    face = [face_at(40, 38, 16, "one")]
+    a = decoy_directions(photo, face, 16, seed=0)
+    assert torch.equal(a, decoy_directions(photo.clone(), face, 16, seed=0))
+    assert a.shape == (1, 16) and torch.allclose(a.norm(dim=1), torch.ones(1))
+    other = torch.flip(photo, dims=[-1])
+    assert not torch.allclose(a, decoy_directions(other, face, 16, seed=0))
+    assert not torch.allclose(a, decoy_directions(photo, face, 16, seed=1))
+
+
+def test_decoys_push_two_photos_of_one_face_apart(models, photo):
+    """Unlinkability: two protected copies of a face end up further from each other with decoys than
+    without (without, both are pushed the same way, away from the same identity)."""
+    a, _ = models
+    face = [face_at(40, 38, 16, "")]
+    twin = (photo + 1 / 255).clamp(0, 1)  # the same face, another "photo"
+    loss = [WeightedLoss(1.0, FaceDistance(), "face-distance")]
+    apart = []
+    for decoy in (0.0, 2.0):
+        outs = [FrCloak(RunConfig(), face_model=a, losses=loss, eot="", decoy=decoy).protect(x, face, Budget(eps=8 / 255, steps=10))
+                for x in (photo, twin)]
+        apart.append(float(distance(a, outs[0], outs[1], face)))
+    assert apart[1] > apart[0], apart
