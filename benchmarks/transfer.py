@@ -13,7 +13,6 @@ measure transfer (``--fr dlib`` then look at FaceNet).
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import statistics
 import subprocess

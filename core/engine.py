@@ -215,10 +215,28 @@ class Engine:
                 kwargs["face_models"] = members
             else:
                 kwargs["face_model"] = members[0].model
-        built_losses = [WeightedLoss(w, self.registry.get("loss", name).factory(), name)
+        built_losses = [WeightedLoss(w, self._build_loss(name, run, part_options), name)
                         for name, w in loss_weights.items()]
         instance = method_spec.factory(run, losses=built_losses, **kwargs, **dict(options or {}))
         return BuiltMethod(instance, members, finders)
+
+    def _build_loss(self, name: str, run: RunConfig, part_options: Mapping[str, Any] | None) -> Any:
+        """The loss ``name`` built as every part is, ``factory(run, **options)``, with its options from
+        ``part_options["loss"][name]`` (``--loss lpips:net=vgg=1``). A factory that takes no argument at
+        all (the earlier ``factory()`` contract) is still called so, and refuses options in one line."""
+        import inspect
+
+        from guardkit.errors import ConfigError
+
+        options = dict(((part_options or {}).get("loss") or {}).get(name) or {})
+        factory = self.registry.get("loss", name).factory
+        try:
+            bare = not inspect.signature(factory).parameters
+        except (TypeError, ValueError):  # a builtin or C callable: assume the current contract
+            bare = False
+        if bare and options:
+            raise ConfigError(f"loss {name!r} takes no options, got {', '.join(sorted(options))}")
+        return factory() if bare else factory(run, **options)
 
     @staticmethod
     def _build(spec: PartSpec, run: RunConfig, options: Mapping[str, Any]) -> Any:

@@ -62,6 +62,9 @@ class EvalConfig:
     encoder: str | None = None
     ensemble: Sequence[str] = ("dlib",)  # face models the methods attack; others are reported as held out
     face_parser: str = "landmarks"  # the edit methods' face parser (as ``guardkit edit --parser``)
+    fr_redetect: bool = True  # FR metrics find the faces again (FaceLock's evaluation), else source landmarks
+    fars: Sequence[float] = (0.1, 0.01, 0.001)  # asr also at these false-accept rates, where a model has thresholds
+    target_identity: str | Path | None = None  # a photo of another person: impersonation ASR (Flux-Guard's protocol)
     method_options: dict[str, Any] = field(default_factory=dict)
     editor_options: dict[str, Any] = field(default_factory=dict)
     part_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # for the methods' parts
@@ -87,6 +90,10 @@ def _fit(edited, like: np.ndarray) -> np.ndarray:
         edited = F.interpolate(edited.float(), size=like.shape[:2], mode="bilinear", align_corners=False,
                                antialias=True)
     return tensor_to_image(edited)
+
+
+def _target_kwargs(target: Any) -> dict[str, Any]:
+    return {} if target is None else {"target_embeddings": target}
 
 
 def _clean_of(method: str, report: Any, like: np.ndarray) -> np.ndarray:
@@ -145,6 +152,37 @@ def _row_key(row: dict[str, Any]) -> tuple:
     return tuple(str(row[k]) for k in CSV_KEYS)
 
 
+def attacked_models(engine, config: EvalConfig) -> dict[str, list[str]]:
+    """method -> the face models its protection attacks: every ``config.ensemble`` model for methods that
+    accept an ensemble and for edit methods, only ``ensemble[0]`` for methods that take one face model,
+    none for methods that need no face model (encoder attacks) and for ``none``."""
+    edit_methods = set(engine.registry.names("edit_method"))
+    out: dict[str, list[str]] = {}
+    for method in config.methods:
+        if method == "none":
+            out[method] = []
+        elif method in edit_methods:
+            out[method] = list(config.ensemble)
+        else:
+            capabilities = engine.registry.get("method", method).capabilities
+            if "face_model" not in set(capabilities.get("needs", ())):
+                out[method] = []
+            else:
+                ensemble = capabilities.get("accepts_ensemble", False)
+                out[method] = list(config.ensemble if ensemble else config.ensemble[:1])
+    return out
+
+
+def held_out_note(model: str, attacked: dict[str, list[str]]) -> str:
+    """The label suffix of a face model's columns: "" when every protection attacked it, " (held-out)" when
+    none did, " (held-out for a, b)" naming the methods that did not (rows of several methods share a column)."""
+    protections = [m for m in attacked if m != "none"]
+    outside = [m for m in protections if model not in attacked[m]]
+    if not outside:
+        return ""
+    return " (held-out)" if len(outside) == len(protections) else f" (held-out for {', '.join(outside)})"
+
+
 def summarise(rows: list[dict[str, Any]], metric_names: Sequence[str]) -> list[dict[str, Any]]:
     """mean, std and n of every metric per (method, purify), NaNs left out."""
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
@@ -160,6 +198,29 @@ def summarise(rows: list[dict[str, Any]], metric_names: Sequence[str]) -> list[d
                            "std": statistics.pstdev(values) if len(values) > 1 else 0.0 if values else math.nan,
                            "n": len(values)}
         out.append(entry)
+    return out
+
+
+def _metric_variants(name: str, model_name: str | None, model: Any, finder: Any, config: EvalConfig,
+                     attacked: dict[str, list[str]]) -> list[tuple[str, dict[str, Any]]]:
+    """(column label, metric options) for one metric and face model: the FR metrics with the alignment of
+    ``config.fr_redetect``; ``asr`` at the model's own threshold and at each of ``config.fars``, dodging
+    and, with a target identity, impersonation."""
+    if model_name is None:
+        return [(name, {})]
+    note = held_out_note(model_name, attacked)
+    options: dict[str, Any] = {"face_model": model, "model": model_name, "redetect": config.fr_redetect}
+    scheme = getattr(finder, "scheme", None)
+    if finder is not None and scheme in getattr(model, "schemes", (scheme,)):
+        options["face_finder"] = finder  # the finder that found the source's faces, where the model reads its landmarks
+    if name != "asr":
+        return [(f"{name}@{model_name}{note}", options)]
+    out = []
+    targets = [("asr", None)] + ([("asr-impersonation", config.target_identity)] if config.target_identity else [])
+    for label, target in targets:
+        extra = {"target": target} if target is not None else {}
+        out.append((f"{label}@{model_name}{note}", {**options, **extra}))
+        out += [(f"{label}@{model_name} FAR {far:g}{note}", {**options, **extra, "far": far}) for far in config.fars]
     return out
 
 
@@ -191,18 +252,23 @@ def evaluate(engine, inputs: Sequence[str | Path], config: EvalConfig, out_dir: 
         except GuardkitError as exc:
             unavailable[f"face model {name}"] = str(exc)
     wanted = list(config.metrics) if config.metrics is not None else engine.registry.names("metric")
+    attacked = attacked_models(engine, config)
+    remembering = _RememberingFinder(finder, "dlib")
     for name in wanted:
         spec = engine.registry.get("metric", name)
         uses_face_model = name in ("fr", "fr-distance", "asr")
         for model_name, model in (face_model_parts.items() if uses_face_model else [(None, None)]):
-            held_out = model_name is not None and model_name not in config.ensemble
-            label = f"{name}@{model_name}" + (" (held-out)" if held_out else "") if model_name else name
-            try:
-                metric = spec.factory(run, face_model=model) if model is not None else spec.factory(run)
-                metric.load()
-                metrics[label] = metric
-            except GuardkitError as exc:
-                unavailable[f"metric {label}"] = str(exc)
+            for label, options in _metric_variants(name, model_name, model, remembering, config, attacked):
+                try:
+                    metric = spec.factory(run, **options)
+                    metric.load()
+                    metrics[label] = metric
+                except GuardkitError as exc:
+                    if "no published FAR thresholds" in str(exc):  # said once per model, not once per FAR
+                        unavailable[f"metric {name} at FAR {', '.join(f'{f:g}' for f in config.fars)} for "
+                                    f"{model_name}"] = str(exc)
+                    else:
+                        unavailable[f"metric {label}"] = str(exc)
     for what, why in unavailable.items():
         warn(f"{what} unavailable: {why}")
 
@@ -233,18 +299,38 @@ def evaluate(engine, inputs: Sequence[str | Path], config: EvalConfig, out_dir: 
             protectors[method].load()
         return protectors[method]
 
+    targets: dict[str, Any] = {}
+
+    def target_of(method: str) -> Any:
+        """The edit method's target identity (impersonation) from ``config.target_identity``, or None."""
+        if config.target_identity is None:
+            return None
+        if method not in targets:
+            image = load_rgb(Path(config.target_identity))
+            found = finder.find(image)
+            if not found:
+                raise NoFaceError(f"{config.target_identity}: no face found in the target identity photo")
+            targets[method] = edit_protector(method).identity(image_to_tensor(image, device), found[:1])
+        return targets[method]
+
+    def guarded_key(method: str) -> str:  # an impersonating edit is cached apart from a dodging one
+        return method if config.target_identity is None else f"{method}-to-{Path(config.target_identity).stem}"
+
     def guarded_edit(method: str, square: np.ndarray, faces: Sequence[Face], prompt: str, seed: int,
                      stem: str) -> np.ndarray:
         """An edit method's privacy-preserving edit, against the ensemble of ``config.ensemble``; its clean
         baseline (the same trajectory, controls and sampler without the adversarial stage: the report's
         ``clean``) is cached beside it, so PSNR/SSIM/LPIPS/CLIP-S measure the protection alone."""
-        edited, report = edit_protector(method).protect(image_to_tensor(square, device), faces, prompt, seed=seed)
-        cache.get(["guarded-clean", method, stem, _slug(prompt), str(seed)], lambda: _clean_of(method, report, square))
+        edited, report = edit_protector(method).protect(image_to_tensor(square, device), faces, prompt, seed=seed,
+                                                        **_target_kwargs(target_of(method)))
+        cache.get(["guarded-clean", guarded_key(method), stem, _slug(prompt), str(seed)],
+                  lambda: _clean_of(method, report, square))
         return _fit(edited, square)
 
     def guarded_clean(method: str, square: np.ndarray, faces: Sequence[Face], prompt: str, seed: int) -> np.ndarray:
         """The clean trajectory alone, when its cached copy is missing (a folder from an older run)."""
-        _, report = edit_protector(method).protect(image_to_tensor(square, device), faces, prompt, seed=seed)
+        _, report = edit_protector(method).protect(image_to_tensor(square, device), faces, prompt, seed=seed,
+                                                   **_target_kwargs(target_of(method)))
         return _clean_of(method, report, square)
 
     def purified(image: np.ndarray, purifier: Any, photo: str, seed: int) -> np.ndarray:
@@ -268,13 +354,13 @@ def evaluate(engine, inputs: Sequence[str | Path], config: EvalConfig, out_dir: 
                         key = (path.name, method, spec, prompt, str(seed))
                         if method in edit_methods:  # the edit is the protection; purified after editing
                             def thunk(method=method, spec=spec, purifier=purifier, prompt=prompt, seed=seed):
-                                raw = cache.get(["guarded", method, stem, _slug(prompt), str(seed)],
+                                raw = cache.get(["guarded", guarded_key(method), stem, _slug(prompt), str(seed)],
                                                 lambda: guarded_edit(method, square, faces, prompt, seed, stem))
                                 baseline = cache.get(  # written by guarded_edit; computed again if missing
-                                    ["guarded-clean", method, stem, _slug(prompt), str(seed)],
+                                    ["guarded-clean", guarded_key(method), stem, _slug(prompt), str(seed)],
                                     lambda: guarded_clean(method, square, faces, prompt, seed))
                                 seen = raw if purifier is None else cache.get(
-                                    ["guarded-purified", method, spec, stem, _slug(prompt), str(seed)],
+                                    ["guarded-purified", guarded_key(method), spec, stem, _slug(prompt), str(seed)],
                                     lambda: purified(raw, purifier, path.name, seed))
                                 return seen, seen, baseline
                         else:  # protect, purify, then edit
@@ -338,17 +424,52 @@ def evaluate(engine, inputs: Sequence[str | Path], config: EvalConfig, out_dir: 
                 if on_sample:
                     on_sample(count, total)
     summary = summarise(rows, list(metrics))
-    (out / "summary.json").write_text(json.dumps({"summary": summary, "unavailable": unavailable}, indent=2,
+    notes = {"attacked": attacked, "fr_alignment": fr_alignment(metrics, config),
+             "target_identity": str(config.target_identity) if config.target_identity else None}
+    (out / "summary.json").write_text(json.dumps({"summary": summary, "unavailable": unavailable, **notes}, indent=2,
                                                  default=_json_float))
-    write_report(out, summary, list(metrics), config)
+    write_report(out, summary, list(metrics), config, notes)
     return EvalResult(rows, summary, unavailable, out)
+
+
+def fr_alignment(metrics: dict[str, Any], config: EvalConfig) -> str:
+    """How the FR metrics aligned the edits' faces, in words, per face-model column (``report.html``,
+    ``summary.json``): re-detected (with how many faces fell back to the source's landmarks) or not."""
+    said = {label.split(" ")[0]: m.alignment for label, m in metrics.items() if hasattr(m, "alignment")}
+    if said:
+        return "; ".join(f"{label}: {alignment}" for label, alignment in said.items())
+    return ("re-detected on the edit (FaceLock's evaluation)" if config.fr_redetect
+            else "aligned at the source's landmarks") + "; no FR metric ran"
+
+
+class _RememberingFinder:
+    """A face finder that remembers its last answers, so that the FR metrics of one sample (fr, fr-distance,
+    asr at each FAR) find the faces of one edit once."""
+
+    def __init__(self, finder: Any, name: str, size: int = 4) -> None:
+        self.finder, self.name, self.scheme, self.size = finder, name, getattr(finder, "scheme", None), size
+        self.answers: dict[tuple, list[Face]] = {}
+
+    def load(self) -> None:
+        self.finder.load()
+
+    def find(self, image: np.ndarray) -> list[Face]:
+        import hashlib
+
+        key = (image.shape, hashlib.blake2b(np.ascontiguousarray(image).tobytes(), digest_size=16).digest())
+        if key not in self.answers:
+            if len(self.answers) >= self.size:
+                self.answers.pop(next(iter(self.answers)))
+            self.answers[key] = list(self.finder.find(image))
+        return self.answers[key]
 
 
 def _json_float(value: Any) -> Any:
     return None if isinstance(value, float) and not math.isfinite(value) else str(value)
 
 
-def write_report(out: Path, summary: list[dict[str, Any]], metric_names: Sequence[str], config: EvalConfig) -> Path:
+def write_report(out: Path, summary: list[dict[str, Any]], metric_names: Sequence[str], config: EvalConfig,
+                 notes: dict[str, Any] | None = None) -> Path:
     """``report.html``: the summary table, one bar chart per metric (inline SVG), and an image grid."""
     def cell(stat: dict[str, Any]) -> str:
         return "-" if not math.isfinite(stat["mean"]) else f"{stat['mean']:.3f} &plusmn; {stat['std']:.3f}"
@@ -382,11 +503,25 @@ body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse}} td,t
 figcaption{{font-size:11px;max-width:160px}}</style></head><body>
 <h1>guardkit evaluation</h1><p>editor: {html.escape(config.editor)}; prompts: {len(config.prompts)};
 seeds: {len(config.seeds)}; face models: {html.escape(', '.join(config.face_models))}</p>
+{_notes_html(notes or {})}
 <table><tr><th>method</th><th>purify</th><th>n</th>{head}</tr>{body}</table>
 <h2>Charts</h2>{charts}<h2>Images</h2>{''.join(grid)}</body></html>"""
     path = out / "report.html"
     path.write_text(page)
     return path
+
+
+def _notes_html(notes: dict[str, Any]) -> str:
+    """Which face models each method attacked, how FR aligned the edits, the impersonation target."""
+    items = []
+    if notes.get("attacked"):
+        items.append("attacked face models: " + "; ".join(
+            f"{m}: {', '.join(models) or 'none'}" for m, models in notes["attacked"].items()))
+    if notes.get("fr_alignment"):
+        items.append(f"FR alignment: {notes['fr_alignment']}")
+    if notes.get("target_identity"):
+        items.append(f"impersonation target: {notes['target_identity']}")
+    return "".join(f"<p class='note'>{html.escape(item)}</p>" for item in items)
 
 
 def _bar_chart(title: str, bars: list[tuple[str, float]]) -> str:

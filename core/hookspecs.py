@@ -53,7 +53,8 @@ def guardkit_register_editors(register: "Register") -> None:
 
 @hookspec
 def guardkit_register_losses(register: "Register") -> None:
-    """Call ``register(name, factory, summary=...)`` once per loss; ``factory(**options)`` -> a Loss."""
+    """Call ``register(name, factory, summary=...)`` once per loss; ``factory(run, **options)`` -> a Loss
+    (a factory that takes no argument at all is called as ``factory()``)."""
 
 
 @hookspec

@@ -226,3 +226,52 @@ def test_flux_guard_is_scored_against_its_own_clean_trajectory(photo_dir, tmp_pa
             base = float(metric.score(EvalBatch(source=source, protected=clean, edited=clean, edited_clean=clean,
                                                 prompt="", faces=faces)).mean())
         assert row["fr-distance@dlib"] > base, (row, base)
+
+
+def test_face_models_are_labelled_attacked_only_for_the_methods_that_attack_them():
+    """A method that takes one face model attacks ``ensemble[0]`` only; an encoder attack attacks none; fr-cloak
+    and edit methods attack every ensemble model. A column shared by their rows must say so (issue 12, item 7)."""
+    from guardkit.engine import Engine
+    from guardkit.evaluate import EvalConfig, attacked_models, held_out_note
+
+    engine = Engine()
+    config = EvalConfig(methods=["none", "fr-cloak", "facelock", "photoguard", "flux-guard"],
+                        ensemble=["dlib", "facenet"])
+    attacked = attacked_models(engine, config)
+    assert attacked == {"none": [], "fr-cloak": ["dlib", "facenet"], "facelock": ["dlib"], "photoguard": [],
+                        "flux-guard": ["dlib", "facenet"]}
+    assert held_out_note("dlib", attacked) == " (held-out for photoguard)"
+    assert held_out_note("facenet", attacked) == " (held-out for facelock, photoguard)"
+    assert held_out_note("arcface", attacked) == " (held-out)"
+    only_cloak = attacked_models(engine, EvalConfig(methods=["none", "fr-cloak"], ensemble=["dlib", "facenet"]))
+    assert held_out_note("facenet", only_cloak) == "" and held_out_note("arcface", only_cloak) == " (held-out)"
+    one = attacked_models(engine, EvalConfig(methods=["none", "facelock"], ensemble=["dlib", "facenet"]))
+    assert held_out_note("facenet", one) == " (held-out)"  # labelled attacked before: facelock never saw it
+
+
+def test_eval_scores_asr_at_false_accept_rates_and_says_how_fr_aligned(photo_dir, tmp_path):
+    """asr at the model's own threshold, at each FAR where published (dlib has none: said, not invented),
+    impersonation ASR with a target identity; summary.json and the report say how FR aligned the edits."""
+    from guardkit.config import Budget, RunConfig
+    from guardkit.engine import Engine
+    from guardkit.evaluate import EvalConfig, evaluate
+    from guardkit.testing import TinyFaceModelPlugin
+
+    target = photo_dir.parent / "target.jpg"
+    shutil.copy(photo_dir / "obama_small.jpg", target)  # the same person: impersonation of oneself succeeds
+    config = EvalConfig(methods=["none"], face_models=["dlib"], metrics=["fr", "asr"], size=128,
+                        target_identity=target)
+    result = evaluate(Engine(plugins=[TinyFaceModelPlugin()]), [photo_dir], config, tmp_path / "eval",
+                      run=RunConfig(budget=Budget(steps=1)))
+    (row,) = result.rows
+    assert float(row["asr@dlib"]) == 0.0 and float(row["asr-impersonation@dlib"]) == 1.0
+    assert not any("FAR" in label for label in row)
+    assert any("FAR" in k and "dlib" in k for k in result.unavailable)
+    assert "no published FAR thresholds" in " ".join(result.unavailable.values())
+    saved = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    assert "re-detected on the edit (dlib finder)" in saved["fr_alignment"]
+    assert saved["target_identity"] == str(target) and saved["attacked"] == {"none": []}
+    assert "FR alignment: fr@dlib: re-detected" in (tmp_path / "eval" / "report.html").read_text()
+    evaluate(Engine(), [photo_dir], EvalConfig(methods=["none"], face_models=["dlib"], metrics=["fr"], size=128,
+                                               fr_redetect=False), tmp_path / "eval2")
+    assert "source's landmarks" in json.loads((tmp_path / "eval2" / "summary.json").read_text())["fr_alignment"]

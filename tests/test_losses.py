@@ -278,7 +278,7 @@ def test_lpips_losses_on_a_view(vae, images, heads_files):
 
 
 def test_lpips_loss_options(tmp_path, heads_files):
-    with pytest.raises(ConfigError, match="unknown LPIPS option"):
+    with pytest.raises(ConfigError, match="LPIPS loss .lpips.: unknown option"):
         LpipsLoss(netw="alex")
     with pytest.raises(ConfigError):
         LpipsLoss(net="squeeze")
@@ -288,3 +288,100 @@ def test_lpips_loss_options(tmp_path, heads_files):
     x = torch.rand(1, 3, 32, 32)
     assert loss(View(x, x.clone())).shape == (1,)
     assert loss.module is not None
+
+
+# -- losses are built like every other part: with the run and their options (issue 12, item 4) --------
+
+class RecordingMethod:
+    """A method that keeps the losses the engine built for it (needs nothing, does nothing)."""
+
+    needs: ClassVar[tuple[str, ...]] = ()
+    default_losses: ClassVar[dict[str, float]] = {"lpips-pixel": 1.0}
+
+    def __init__(self, run, *, losses, **options) -> None:
+        self.losses = losses
+
+    def protect(self, images, faces, budget):
+        return images
+
+
+class RecordingMethodPlugin:
+    from guardkit import hookimpl
+
+    @hookimpl
+    def guardkit_register_methods(self, register):
+        register("recording", RecordingMethod, summary="keeps its losses (test)")
+
+
+class BareLoss:
+    """A loss written for the earlier ``factory()`` contract (no arguments at all)."""
+
+    maximize: ClassVar[bool] = False
+    needs: ClassVar[frozenset[str]] = frozenset()
+
+    def __call__(self, view):
+        return (view.adv - view.clean).abs().flatten(1).mean(dim=1)
+
+
+class BareLossPlugin:
+    from guardkit import hookimpl
+
+    @hookimpl
+    def guardkit_register_losses(self, register):
+        register("bare", BareLoss, summary="old-style loss (test)")
+
+
+def recording_engine():
+    from guardkit.engine import Engine
+    from guardkit.plugins.losses import face as face_losses
+
+    return Engine(entry_points=False, plugins=[lpips_mod, face_losses, RecordingMethodPlugin(), BareLossPlugin()])
+
+
+def test_engine_builds_losses_with_their_options_and_the_runs_weights_dir(tmp_path):
+    engine = recording_engine()
+    run = RunConfig(weights_dir=tmp_path)
+    built = engine.build_method("recording", run, part_options={"loss": {"lpips-pixel": {"net": "vgg"}}}).method
+    (term,) = built.losses
+    assert term.name == "lpips-pixel" and term.weight == 1.0
+    assert term.loss.options["net"] == "vgg"  # was always alex: the engine built losses with no options
+    assert term.loss.options["weights_dir"] == tmp_path  # and without the run: --weights-dir never reached LPIPS
+    weights = {"lpips-pixel": 0.5, "pixel-l2": 1.0, "bare": 2.0}
+    plain = engine.build_method("recording", RunConfig(), losses=weights).method
+    assert [t.name for t in plain.losses] == ["lpips-pixel", "pixel-l2", "bare"]
+    assert plain.losses[0].loss.options["net"] == "alex" and isinstance(plain.losses[2].loss, BareLoss)
+    with pytest.raises(ConfigError, match="unknown option"):
+        engine.build_method("recording", run, part_options={"loss": {"lpips-pixel": {"netw": "vgg"}}})
+    with pytest.raises(ConfigError, match="takes no options"):
+        engine.build_method("recording", run, losses={"bare": 1.0}, part_options={"loss": {"bare": {"x": 1}}})
+    with pytest.raises(ConfigError, match="takes no options"):
+        engine.build_method("recording", run, losses={"pixel-l2": 1.0},
+                            part_options={"loss": {"pixel-l2": {"x": 1}}})
+
+
+def test_lpips_loss_honours_net_and_finds_its_weights_in_the_runs_weights_dir(tmp_path, heads_files, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-torch-home"))
+    monkeypatch.setattr(lpips_core, "default_heads_path", lambda net: None)
+    backbone = LPIPS("vgg", random_backbone=True, random_heads=True).features.state_dict()
+    torch.save({f"features.{k}": v for k, v in backbone.items()}, tmp_path / "vgg16-397923af.pth")
+    torch.save(heads_files["vgg"][1], tmp_path / "lpips_vgg.pth")
+    built = recording_engine().build_method("recording", RunConfig(weights_dir=tmp_path),
+                                            part_options={"loss": {"lpips-pixel": {"net": "vgg"}}}).method
+    loss = built.losses[0].loss
+    x = torch.rand(1, 3, 32, 32)
+    assert loss.lpips(x).net_name == "vgg"
+    assert torch.equal(loss.lpips(x).heads[0].data, heads_files["vgg"][1][HEAD_KEYS[0]])
+
+
+def test_cli_loss_spec_carries_options_and_weight():
+    from guardkit.cli.run import parse_losses
+
+    assert parse_losses(["lpips:net=vgg=1", "face-cosine=1/2"]) == (
+        {"lpips": 1.0, "face-cosine": 0.5}, {"lpips": {"net": "vgg"}})
+    assert parse_losses(["lpips-pixel:net=vgg,random_heads=true=0.25"]) == (
+        {"lpips-pixel": 0.25}, {"lpips-pixel": {"net": "vgg", "random_heads": True}})
+    for bad in ("lpips:net=vgg", "lpips", "=1"):
+        with pytest.raises(ConfigError, match="--loss"):
+            parse_losses([bad])
+    with pytest.raises(ConfigError, match="twice"):
+        parse_losses(["lpips=1", "lpips:net=vgg=1"])

@@ -13,7 +13,7 @@ import pytest
 import torch
 from guardkit.align import ARCFACE_TEMPLATE_112, similarity_transform
 from guardkit.config import RunConfig
-from guardkit.errors import ConfigError, WeightsError
+from guardkit.errors import ConfigError, NoFaceError, WeightsError
 from guardkit.plugins.metrics import clip as clip_metrics
 from guardkit.plugins.metrics import face as face_metrics
 from guardkit.plugins.metrics import image as image_metrics
@@ -382,3 +382,76 @@ def test_fr_metric_builds_its_model_from_the_registry(dlib_setup):
     assert type(model).__name__ == "DlibFaceModel"
     asr = AttackSuccess(RunConfig(), face_model=model)
     assert asr.match_threshold() == THRESHOLDS["dlib"][0]
+
+
+# ------------------------------------------------------------------------------------------- issue 12, items 9 and 10
+def test_fr_metrics_find_the_face_again_on_the_edit(dlib_setup):
+    """An edit that moves the head (here: the same photo shifted by 24 x 20 px) is the same person; aligned at
+    the source's landmarks it looks like another one. FaceLock's evaluation re-detects: so do we, by default."""
+    photos, faces, model = dlib_setup
+    source = to_tensor(photos["obama"])
+    moved = to_tensor(np.roll(photos["obama"], (20, 24), axis=(0, 1)))
+    batch = EvalBatch(source=source, protected=source, edited=moved, edited_clean=source, prompt="p",
+                      faces=(faces["obama"],))
+    redetected = FaceDistance(RunConfig(), face_model=model)
+    at_source = FaceDistance(RunConfig(), face_model=model, redetect=False)
+    assert redetected.score(batch).item() < 0.1 < at_source.score(batch).item()
+    assert redetected.redetected == 1 and redetected.fallbacks == 0 and "re-detected" in redetected.alignment
+    assert "source's landmarks" in at_source.alignment
+    # where the finder finds no face on the edit: the source's landmarks, counted as a fallback
+    blind = FaceDistance(RunConfig(), face_model=model, face_finder=BlindFinder())
+    assert blind.score(batch).item() == pytest.approx(at_source.score(batch).item(), abs=1e-6)
+    assert blind.fallbacks == 1 and "1 of 1 faces fell back" in blind.alignment
+
+
+class BlindFinder:
+    """A face finder that finds no face (an edit that hid the face from the detector)."""
+
+    scheme = "dlib5"
+
+    def load(self):
+        pass
+
+    def find(self, image):
+        return []
+
+
+def test_asr_at_the_protocols_false_accept_rates(tiny_model):
+    from guardkit.plugins.metrics.face import PROTOCOL_FAR_THRESHOLDS
+
+    x = rand_images(n=2, h=64, w=64)
+    noisy = (x + 0.5 * torch.randn(x.shape, generator=torch.Generator().manual_seed(7))).clamp(0, 1)
+    batch = batch_of(noisy, source=x, faces=(tiny_faces(index=0), tiny_faces(index=1)))
+    cos = FaceSimilarity(RunConfig(), face_model=tiny_model, redetect=False).score(batch)
+    for far, threshold in PROTOCOL_FAR_THRESHOLDS["ir152"].items():  # the tiny model standing in for IR152
+        asr = AttackSuccess(RunConfig(), face_model=tiny_model, model="ir152", far=far, redetect=False)
+        assert asr.match_threshold() == threshold
+        assert torch.equal(asr.score(batch), (cos < threshold).float())
+    assert PROTOCOL_FAR_THRESHOLDS["irse50"][0.01] == 0.2410 and PROTOCOL_FAR_THRESHOLDS["mobileface"][0.001] == 0.3809
+    # a model's own far_thresholds win; a model without published ones is refused in one line, not invented
+    calibrated = type("Calibrated", (TinyFaceModel,), {"far_thresholds": {0.01: float(cos.max()) + 1e-3}})()
+    assert torch.equal(AttackSuccess(RunConfig(), face_model=calibrated, model="x", far=0.01,
+                                     redetect=False).score(batch), torch.ones(2))
+    for name in ("dlib", "facenet", "arcface", "adaface"):
+        with pytest.raises(ConfigError, match="no published FAR thresholds") as info:
+            AttackSuccess(RunConfig(), model=name, far=0.01)
+        assert "\n" not in str(info.value)
+    with pytest.raises(ConfigError, match="only, not at 0.05"):
+        AttackSuccess(RunConfig(), model="ir152", far=0.05)
+    with pytest.raises(ConfigError, match="not both"):
+        AttackSuccess(RunConfig(), model="ir152", far=0.01, threshold=0.5)
+
+
+def test_impersonation_asr_counts_edits_that_match_the_target_identity(dlib_setup):
+    photos, faces, model = dlib_setup
+    source = to_tensor(photos["obama"])
+    batch = EvalBatch(source=source, protected=source, edited=source, edited_clean=source, prompt="p",
+                      faces=(faces["obama"],))
+    dodging = AttackSuccess(RunConfig(), face_model=model)
+    to_obama2 = AttackSuccess(RunConfig(), face_model=model, target=FACES_DIR / "obama2.jpg")
+    to_biden = AttackSuccess(RunConfig(), face_model=model, target=photos["biden"])
+    assert dodging.score(batch).item() == 0.0  # the unedited photo still matches the person
+    assert to_obama2.score(batch).item() == 1.0  # ... and so a photo of the same person as the target
+    assert to_biden.score(batch).item() == 0.0  # but not another person's
+    with pytest.raises(NoFaceError):
+        AttackSuccess(RunConfig(), face_model=model, target=np.zeros((64, 64, 3), np.uint8)).load()

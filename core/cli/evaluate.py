@@ -41,6 +41,15 @@ def eval_command(
                                                 "--fr models outside it are reported as held out.")] = "dlib",
     parser: Annotated[str, typer.Option("--parser", help="Face parser of edit methods (flux-guard's edit region).")]
     = "landmarks",
+    fr_redetect: Annotated[bool, typer.Option(
+        help="FR metrics find the face again on the edit, as FaceLock's evaluation (--no-fr-redetect: align the "
+             "edit at the source's landmarks). The report says which was used.")] = True,
+    far: Annotated[str, typer.Option(
+        help="Comma-separated false-accept rates at which asr is also scored (the protocol's cosine thresholds, "
+             "where the face model has published ones; 'none' for none).")] = "0.1,0.01,0.001",
+    target_identity: Annotated[Optional[Path], typer.Option(
+        help="A photo of another person: impersonation ASR (the edit matches this identity; Flux-Guard's "
+             "protocol), and the target of edit methods (flux-guard).")] = None,
     editor_path: Annotated[Optional[Path], typer.Option(help="Local folder of the editor's weights.")] = None,
     encoder_path: Annotated[Optional[Path], typer.Option(help="Local folder of the encoder's weights.")] = None,
     option: Annotated[Optional[list[str]], typer.Option("--option", "-O", help="Method option KEY=VALUE.")] = None,
@@ -71,7 +80,8 @@ def eval_command(
         methods=_names(methods), editor=editor, prompts=resolve_prompts(prompts) if editor != "none" else [""],
         purify=_names(purify), face_models=_names(fr), metrics=_names(metrics) if metrics else None,
         seeds=[int(s) for s in _names(seeds)], size=size, encoder=encoder, ensemble=_names(method_fr),
-        face_parser=parser,
+        face_parser=parser, fr_redetect=fr_redetect, target_identity=target_identity,
+        fars=[] if far.strip().lower() == "none" else [parse_fraction(f) for f in _names(far)],
         method_options={k: number(v) for k, v in parse_pairs(option, "--option").items()},
         editor_options={**({"path": str(editor_path)} if editor_path else {}),
                         **{k: number(v) for k, v in parse_pairs(editor_option, "--editor-option").items()}},

@@ -32,6 +32,34 @@ def parse_pairs(pairs: list[str] | None, what: str) -> dict[str, str]:
     return out
 
 
+def parse_losses(values: list[str] | None) -> tuple[dict[str, float], dict[str, dict]]:
+    """``--loss NAME[:key=value,...]=WEIGHT`` values -> ({name: weight}, {name: options}).
+
+    The weight follows the last ``=``; before it stands a part spec as everywhere else (``parse_spec``):
+    ``lpips=1`` -> lpips at weight 1; ``lpips:net=vgg=1`` -> lpips with net vgg at weight 1;
+    ``lpips:net=vgg,random_heads=true=0.5``. A loss named twice is a one-line error."""
+    from guardkit.specs import parse_spec
+
+    weights: dict[str, float] = {}
+    options: dict[str, dict] = {}
+    for value in values or []:
+        spec, sep, weight = value.rpartition("=")
+        if not sep or not spec.strip() or not weight.strip():
+            raise ConfigError(f"--loss must look like NAME=WEIGHT or NAME:key=value=WEIGHT, got {value!r}")
+        try:
+            number_weight = float(parse_fraction(weight))
+        except ConfigError:
+            raise ConfigError(f"--loss {value!r}: the weight after the last '=' must be a number, got "
+                              f"{weight.strip()!r} (write NAME:key=value=WEIGHT)") from None
+        name, opts = parse_spec(spec)
+        if name in weights:
+            raise ConfigError(f"--loss names {name!r} twice")
+        weights[name] = number_weight
+        if opts:
+            options[name] = opts
+    return weights, options
+
+
 @one_line_errors
 def run_command(
     inputs: Annotated[list[Path], typer.Argument(help="Photos or folders of photos.", show_default=False)],
@@ -54,7 +82,9 @@ def run_command(
     dtype: Annotated[str, typer.Option(help="float32, float16 or bfloat16 (autocast).")] = "float32",
     batch_size: Annotated[int, typer.Option(help="Photos of one size protected together.")] = 1,
     fmt: Annotated[str, typer.Option("--format", help="png (lossless, default) or jpeg.")] = "png",
-    loss: Annotated[Optional[list[str]], typer.Option(help="NAME=WEIGHT, repeatable (default: the method's).")] = None,
+    loss: Annotated[Optional[list[str]], typer.Option(
+        help="NAME=WEIGHT or NAME:key=value,...=WEIGHT (e.g. lpips:net=vgg=1), repeatable "
+             "(default: the method's).")] = None,
     option: Annotated[Optional[list[str]], typer.Option("--option", "-O", help="Method option KEY=VALUE.")] = None,
     resume: Annotated[bool, typer.Option(help="Skip photos already protected in the output folder.")] = True,
     encoder_path: Annotated[Optional[Path], typer.Option(help="Local folder of the encoder's weights.")] = None,
@@ -82,9 +112,10 @@ def run_command(
     run, options = engine.resolve_strength(method, base, strength, options,
                                            eps=parse_fraction(eps) if eps else None, steps=steps, explicit_run=False)
     budget = run.budget
-    losses = {k: float(parse_fraction(v)) for k, v in parse_pairs(loss, "--loss").items()} or None
+    loss_weights, loss_options = parse_losses(loss)
+    losses = loss_weights or None
     part_options = {"encoder": {"path": str(encoder_path)} if encoder_path else {},
-                    "face_model": {"path": str(fr_path)} if fr_path else {}}
+                    "face_model": {"path": str(fr_path)} if fr_path else {}, "loss": loss_options}
     with progress() as bar:
         task = bar.add_task("photos", total=None)
         steps_task = bar.add_task("steps", total=budget.steps)

@@ -10,18 +10,30 @@ maximising it pulls the face towards the target.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 
 from guardkit import hookimpl
+from guardkit.errors import ConfigError
 from guardkit.view import View
 
 
-class FaceCosine:
+class _Options:
+    """Built as every part is, ``Loss(run=None, **options)``; these losses need neither and take no options."""
+
+    name: ClassVar[str] = ""
+
+    def __init__(self, run: Any = None, **options: Any) -> None:
+        if options:
+            raise ConfigError(f"loss {self.name!r} takes no options, got {', '.join(sorted(options))}")
+
+
+class FaceCosine(_Options):
     """Cosine dissimilarity to the clean identity (dodging), or similarity to a target (impersonation)."""
 
+    name: ClassVar[str] = "face-cosine"
     maximize: ClassVar[bool] = True
     needs: ClassVar[frozenset[str]] = frozenset({"face_model"})
 
@@ -33,9 +45,10 @@ class FaceCosine:
         return view.per_image_mean(rows)
 
 
-class FaceDistance:
+class FaceDistance(_Options):
     """Distance to the clean identity in the face model's own metric; minus distance to a target."""
 
+    name: ClassVar[str] = "face-distance"
     maximize: ClassVar[bool] = True
     needs: ClassVar[frozenset[str]] = frozenset({"face_model"})
 
@@ -48,9 +61,10 @@ class FaceDistance:
         return view.per_image_mean(rows)
 
 
-class PixelL2:
+class PixelL2(_Options):
     """Mean squared perturbation of each photo, in [0, 1] pixel units."""
 
+    name: ClassVar[str] = "pixel-l2"
     maximize: ClassVar[bool] = False
     needs: ClassVar[frozenset[str]] = frozenset()
     #: a cost on the perturbation itself: under EOT it sees the protected photo, not its purifications

@@ -18,14 +18,25 @@ A target with batch size 1 serves every photo of the batch.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 
 from guardkit import hookimpl
+from guardkit.errors import ConfigError
 from guardkit.vae import latent_units
 from guardkit.view import View
+
+
+class _Options:
+    """Built as every part is, ``Loss(run=None, **options)``; these losses need neither and take no options."""
+
+    name: ClassVar[str] = ""
+
+    def __init__(self, run: Any = None, **options: Any) -> None:
+        if options:
+            raise ConfigError(f"loss {self.name!r} takes no options, got {', '.join(sorted(options))}")
 
 
 def _per_sample_mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -47,9 +58,10 @@ def _match_batch(target: torch.Tensor, like: torch.Tensor, what: str) -> torch.T
     raise ValueError(f"{what} has batch size {target.shape[0]}, the batch has {like.shape[0]} (give 1 or the same)")
 
 
-class LatentL2:
+class LatentL2(_Options):
     """Mean squared distance of the protected latent from the clean latent (maximised)."""
 
+    name: ClassVar[str] = "latent-l2"
     maximize: ClassVar[bool] = True
     needs: ClassVar[frozenset[str]] = frozenset({"encoder"})
 
@@ -59,10 +71,11 @@ class LatentL2:
         return _unscaled(view, difference).pow(2).flatten(1).mean(dim=1)
 
 
-class LatentNorm:
+class LatentNorm(_Options):
     """The released CW code's latent term (maximised): ``torch.norm(E(x') - E(x), p=2, dim=-1)`` summed,
     in the VAE's own units."""
 
+    name: ClassVar[str] = "latent-norm"
     maximize: ClassVar[bool] = True
     needs: ClassVar[frozenset[str]] = frozenset({"encoder"})
 
@@ -74,9 +87,10 @@ class LatentNorm:
         return rows.flatten(1).sum(dim=1)
 
 
-class TargetLatent:
+class TargetLatent(_Options):
     """Mean squared distance of the protected latent from a target latent (minimised: PhotoGuard)."""
 
+    name: ClassVar[str] = "target-latent"
     maximize: ClassVar[bool] = False
     needs: ClassVar[frozenset[str]] = frozenset({"encoder"})
 
@@ -92,12 +106,13 @@ class TargetLatent:
         return _unscaled(view, latent - target).pow(2).flatten(1).mean(dim=1)
 
 
-class DecoderTarget:
+class DecoderTarget(_Options):
     """Mean squared distance of decode(encode(adv)) from a target image in [0, 1] (minimised: VAE attack).
 
     A target of another size is resized (bilinear, antialiased) to the decoded size.
     """
 
+    name: ClassVar[str] = "decoder-target"
     maximize: ClassVar[bool] = False
     needs: ClassVar[frozenset[str]] = frozenset({"encoder"})
 

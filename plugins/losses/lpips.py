@@ -19,43 +19,62 @@ Losses:
 ``lpips``: LPIPS(decode(encode(adv)), clean), maximised: the editor's reconstruction of the protected
 photo should look unlike the clean photo (FaceLock's feature-extractor term f_FE). Needs an encoder.
 ``lpips-pixel``: LPIPS(adv, clean), minimised: a perceptual cost on the perturbation itself.
+
+Both take options on the command line, ``--loss lpips:net=vgg=1`` (name, options, then ``=WEIGHT``),
+or ``part_options={"loss": {"lpips": {"net": "vgg"}}}`` from Python.
 """
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass, replace
 from typing import Any, ClassVar
 
 import torch
 
 from guardkit import hookimpl
+from guardkit.config import build_config
 from guardkit.errors import ConfigError
 from guardkit.lpips import BACKBONES, LPIPS
 from guardkit.view import View
 
 
+@dataclass(frozen=True)
+class LpipsLossConfig:
+    """Options of the LPIPS losses (``--loss lpips:net=vgg=1``).
+
+    ``net``: "alex" (the LPIPS default) or "vgg"; ``backbone_path`` / ``heads_path``: weight files;
+    ``weights_dir``: the folder searched for both (default: the run's ``weights_dir``, as for every other
+    part); ``random_backbone`` / ``random_heads``: seeded random weights, for tests and timing only."""
+
+    net: str = "alex"
+    backbone_path: str | None = None
+    heads_path: str | None = None
+    weights_dir: str | None = None
+    random_backbone: bool = False
+    random_heads: bool = False
+
+
 class LpipsLoss:
     """LPIPS between the decoded protected photo and the clean photo (maximised: FaceLock's f_FE).
 
-    Options: ``net`` ("alex" | "vgg"), ``backbone_path``, ``heads_path``, ``weights_dir``,
-    ``random_backbone``, ``random_heads`` (seeded random weights: tests and timing only).
-    The LPIPS module is built on the first call and follows the input's device and dtype.
+    Built as ``LpipsLoss(run, **options)`` (options: ``LpipsLossConfig``); the run's ``weights_dir`` is
+    searched unless the options name another. The LPIPS module is built on the first call and follows
+    the input's device and dtype. Example: ``LpipsLoss(RunConfig(weights_dir="w"), net="vgg")``.
     """
 
+    name: ClassVar[str] = "lpips"
     maximize: ClassVar[bool] = True
     needs: ClassVar[frozenset[str]] = frozenset({"encoder"})
     source: ClassVar[str] = "decoded"
 
     def __init__(self, run: Any = None, **options: Any) -> None:
-        known = {"net", "backbone_path", "heads_path", "weights_dir", "random_backbone", "random_heads"}
-        unknown = set(options) - known
-        if unknown:
-            raise ConfigError(f"unknown LPIPS option(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
-        if options.get("weights_dir") is None and getattr(run, "weights_dir", None) is not None:
-            options["weights_dir"] = run.weights_dir
-        net = options.get("net", "alex")
-        if net not in BACKBONES:
-            raise ConfigError(f"LPIPS net must be one of {', '.join(BACKBONES)}, got {net!r}")
-        self.options = options
+        config = build_config(LpipsLossConfig, options, f"LPIPS loss {self.name!r}")
+        if config.net not in BACKBONES:
+            raise ConfigError(f"LPIPS net must be one of {', '.join(BACKBONES)}, got {config.net!r}")
+        if config.weights_dir is None and getattr(run, "weights_dir", None) is not None:
+            config = replace(config, weights_dir=run.weights_dir)  # where every other part's weights are
+        self.config = config
+        self.options = asdict(config)
         self.module: LPIPS | None = None
         self._placed: tuple[torch.device, torch.dtype] | None = None
 
@@ -76,6 +95,7 @@ class LpipsLoss:
 class LpipsPixelLoss(LpipsLoss):
     """LPIPS between the protected photo and the clean photo: a perceptual cost (minimised)."""
 
+    name: ClassVar[str] = "lpips-pixel"
     maximize: ClassVar[bool] = False
     needs: ClassVar[frozenset[str]] = frozenset()
     source: ClassVar[str] = "adv"
