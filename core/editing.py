@@ -142,7 +142,8 @@ def edit_photos(
                           "blond hair\"")
     fit_size(MULTIPLE, MULTIPLE, resolution)  # validates resolution
     face_models = [n.strip() for n in face_models if n and n.strip()]
-    paths = collect_inputs([Path(p) for p in inputs])
+    bad: list[tuple[Path, str]] = []  # a missing path, a broken link, ...: failed photos, never a stop
+    paths = collect_inputs([Path(p) for p in inputs], bad)
     plan = plan_outputs(paths, Path(output_dir), fmt) if output_dir is not None else {}
     if mask is not None and not Path(mask).is_file():
         raise ImageError(f"{mask}: mask file not found")
@@ -156,6 +157,17 @@ def edit_photos(
         if scheme not in getattr(model, "schemes", ()):
             raise CapabilityError(f"face finder {face_finder!r} gives {scheme} landmarks; face model {name!r} "
                                   f"aligns from {', '.join(getattr(model, 'schemes', ())) or 'none'}")
+    if bad and not paths:  # only bad paths: every name checked above (usage errors first), then each named
+        if protect is not None:
+            engine.registry.get("edit_method", protect)
+            engine.registry.get("face_parser", face_parser)
+        failed = [EditResult(path, "failed", error=message) for path, message in bad]
+        if on_start:
+            on_start(len(failed))
+        for result in failed:
+            if on_photo:
+                on_photo(result)
+        return failed
     method = None
     if protect is not None:
         spec = engine.registry.get("edit_method", protect)
@@ -188,12 +200,15 @@ def edit_photos(
 
     results: list[EditResult] = []
     if on_start:
-        on_start(len(paths))
+        on_start(len(paths) + len(bad))
 
     def finish(result: EditResult) -> None:
         results.append(result)
         if on_photo:
             on_photo(result)
+
+    for path, message in bad:
+        finish(EditResult(path, "failed", error=message))
 
     import inspect
 

@@ -21,7 +21,7 @@ import numpy as np
 from guardkit.config import RunConfig
 from guardkit.ensemble import Member, parse_models
 from guardkit.errors import CapabilityError, GuardkitError, ImageError, NoFaceError
-from guardkit.imageio import IMAGE_SUFFIXES, collect_inputs, is_done, load_rgb, plan_outputs, save_image
+from guardkit.imageio import IMAGE_SUFFIXES, animated_frames, collect_inputs, is_done, load_rgb, plan_outputs, save_image
 from guardkit.registry import PluginError, Registry, make_plugin_manager
 from guardkit.types import Face, PartSpec, WeightedLoss
 
@@ -40,6 +40,7 @@ class PhotoResult:
     status: str
     output: Path | None = None
     error: str = ""
+    note: str = ""  # one line worth saying about a photo that was protected (e.g. an animated GIF's first frame)
     faces: int = 0
     linf: float = 0.0  # largest pixel change, in [0, 1] units
     psnr: float = 0.0  # whole photo, dB
@@ -190,15 +191,7 @@ class Engine:
         ``sd-vae``. Methods that accept an ensemble get every face model as ``face_models``; the others
         get their one ``face_model``."""
         method_spec = self.registry.get("method", method)
-        needs = set(method_spec.capabilities.get("needs", ()))
-        ensemble = bool(method_spec.capabilities.get("accepts_ensemble", False))
-        if face_model is None:  # the method's default: the ensemble, or its first model
-            face_model = DEFAULT_FACE_MODELS if ensemble else DEFAULT_FACE_MODEL
-        face_model = face_model if "face_model" in needs else None
-        encoder = (encoder or DEFAULT_ENCODER) if "encoder" in needs else None
-        loss_weights = dict(losses) if losses else dict(getattr(method_spec.factory, "default_losses", {}))
-        specs = self.check(method, face_model=face_model, encoder=encoder, face_finder=face_finder,
-                           losses=loss_weights)
+        face_model, encoder, loss_weights, specs = self._resolve(method, face_model, encoder, face_finder, losses)
         options_of = {kind: dict((part_options or {}).get(kind, {})) for kind in ("encoder", "face_model", "face_finder")}
         kwargs: dict[str, Any] = {}
         if "encoder" in specs:
@@ -219,6 +212,22 @@ class Engine:
                         for name, w in loss_weights.items()]
         instance = method_spec.factory(run, losses=built_losses, **kwargs, **dict(options or {}))
         return BuiltMethod(instance, members, finders)
+
+    def _resolve(self, method: str, face_model: str | Sequence[str] | None, encoder: str | None,
+                 face_finder: str | None, losses: Mapping[str, float] | None) -> tuple[Any, Any, dict, dict]:
+        """``build_method``'s defaults and checks, before any weight is loaded: (face models, encoder, loss
+        weights, specs). ``face_model`` None: the method's default (the ensemble, or its first model)."""
+        method_spec = self.registry.get("method", method)
+        needs = set(method_spec.capabilities.get("needs", ()))
+        ensemble = bool(method_spec.capabilities.get("accepts_ensemble", False))
+        if face_model is None:
+            face_model = DEFAULT_FACE_MODELS if ensemble else DEFAULT_FACE_MODEL
+        face_model = face_model if "face_model" in needs else None
+        encoder = (encoder or DEFAULT_ENCODER) if "encoder" in needs else None
+        loss_weights = dict(losses) if losses else dict(getattr(method_spec.factory, "default_losses", {}))
+        specs = self.check(method, face_model=face_model, encoder=encoder, face_finder=face_finder,
+                           losses=loss_weights)
+        return face_model, encoder, loss_weights, specs
 
     def _build_loss(self, name: str, run: RunConfig, part_options: Mapping[str, Any] | None) -> Any:
         """The loss ``name`` built as every part is, ``factory(run, **options)``, with its options from
@@ -304,11 +313,21 @@ class Engine:
         from guardkit.attack import project, reporting_steps
 
         run, options = self.resolve_strength(method, run, strength, options)
-        paths = collect_inputs([Path(p) for p in inputs])
-        if not paths:
+        bad: list[tuple[Path, str]] = []  # a missing path, a broken link, ...: failed photos, never a stop
+        paths = collect_inputs([Path(p) for p in inputs], bad)
+        if not paths and not bad:
             raise ImageError(f"no photos found in {', '.join(str(p) for p in inputs)} "
                              f"(looked for {', '.join(IMAGE_SUFFIXES)})")
         plan = plan_outputs(paths, Path(output_dir), fmt) if output_dir is not None else {}
+        if not paths:  # only bad paths: check every name (a usage error still exits 2), name each, load nothing
+            self._resolve(method, face_model, encoder, face_finder, losses)
+            failed = [PhotoResult(path, "failed", error=message) for path, message in bad]
+            if on_start:
+                on_start(len(failed))
+            for photo in failed:
+                if on_photo:
+                    on_photo(photo)
+            return ProtectResult(failed)
         built = self.build_method(method, run, face_model=face_model, encoder=encoder, face_finder=face_finder,
                                   losses=losses, options=options, part_options=part_options)
         protector, members = built.method, built.members
@@ -317,12 +336,16 @@ class Engine:
         device = run.torch_device()
         results: list[PhotoResult] = []
         if on_start:
-            on_start(len(paths))
+            on_start(len(paths) + len(bad))
 
         def finish(result: PhotoResult) -> None:
             results.append(result)
             if on_photo:
                 on_photo(result)
+
+        for path, message in bad:
+            finish(PhotoResult(path, "failed", error=message))
+        notes: dict[Path, str] = {}
 
         def loaded() -> Iterable[tuple[Path, np.ndarray, list[Face]]]:  # streamed: one photo in memory at a time
             for path in paths:
@@ -331,6 +354,10 @@ class Engine:
                     continue
                 try:
                     image = load_rgb(path)
+                    frames = animated_frames(path)
+                    if frames > 1:
+                        notes[path] = (f"{path}: animated image ({frames} frames): protected its first frame only, "
+                                       "written as a still image")
                     faces = built.find_faces(image, path) if members else []
                 except GuardkitError as exc:
                     finish(PhotoResult(path, "failed", error=str(exc)))
@@ -362,7 +389,7 @@ class Engine:
                 smallest = {m.name: min((d for d, f in zip(distances[m.name], m.faces(faces)) if f.image_index == i),
                                         default=math.nan) for m in members}
                 counted = members[0].faces(fs) if members else fs
-                result = PhotoResult(path, "protected", faces=len(counted), seconds=seconds,
+                result = PhotoResult(path, "protected", faces=len(counted), seconds=seconds, note=notes.get(path, ""),
                                      linf=float(np.abs(protected.astype(np.int16) - image).max()) / 255,
                                      psnr=psnr(image, protected), distances=smallest,
                                      fr_distance=smallest[members[0].name] if members else math.nan)
@@ -376,7 +403,7 @@ class Engine:
                     result.protected = protected
                 finish(result)
         order = {p: i for i, p in enumerate(paths)}
-        results.sort(key=lambda r: order[r.source])
+        results.sort(key=lambda r: order.get(r.source, -1))  # bad paths first, then the photos in order
         thresholds = {m.name: float(m.model.threshold) for m in members}
         return ProtectResult(results, face_model=members[0].name if members else "",
                              threshold=thresholds[members[0].name] if members else math.nan, thresholds=thresholds)

@@ -76,6 +76,7 @@ class EvalResult:
     summary: list[dict[str, Any]]
     unavailable: dict[str, str]
     out_dir: Path
+    failed: list[str] = field(default_factory=list)  # one line per input that gave no sample (missing, no face...)
 
 
 def _edit(editor, image: np.ndarray, prompt: str, seed: int, device) -> np.ndarray:
@@ -236,7 +237,11 @@ def evaluate(engine, inputs: Sequence[str | Path], config: EvalConfig, out_dir: 
     device = run.torch_device()
     warn = on_warning or (lambda message: None)
     cache = _Cache(out / "images")
-    paths = collect_inputs([Path(p) for p in inputs])
+    bad: list[tuple[Path, str]] = []  # a missing path, a broken link, ...: named, never a stop
+    paths = collect_inputs([Path(p) for p in inputs], bad)
+    failed = [message for _, message in bad]
+    for message in failed:
+        warn(message)
 
     # Parts that every sample shares: finder, editor, purifiers, metrics (unavailable ones reported).
     finder = engine.load_part("face_finder", "dlib", run)
@@ -399,6 +404,7 @@ def evaluate(engine, inputs: Sequence[str | Path], config: EvalConfig, out_dir: 
                     raise NoFaceError(f"{path}: no face found")
             except GuardkitError as exc:
                 warn(str(exc))
+                failed.append(str(exc))
                 count += per_photo
                 continue
             square, square_faces = square_portrait(photo, faces, config.size)
@@ -429,7 +435,7 @@ def evaluate(engine, inputs: Sequence[str | Path], config: EvalConfig, out_dir: 
     (out / "summary.json").write_text(json.dumps({"summary": summary, "unavailable": unavailable, **notes}, indent=2,
                                                  default=_json_float))
     write_report(out, summary, list(metrics), config, notes)
-    return EvalResult(rows, summary, unavailable, out)
+    return EvalResult(rows, summary, unavailable, out, failed)
 
 
 def fr_alignment(metrics: dict[str, Any], config: EvalConfig) -> str:

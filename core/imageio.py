@@ -5,7 +5,8 @@
   empty and oversized files with one clear :class:`~guardkit.errors.ImageError` line instead
   of silently returning half a picture.
 * :func:`collect_inputs` and :func:`plan_outputs` turn the user's command-line paths into a
-  deterministic ``input -> output`` plan that never overwrites an input.
+  deterministic ``input -> output`` plan that never overwrites an input; with a ``failures`` list,
+  bad paths (missing, broken links, folders named like photos) are reported there, not raised.
 * :func:`save_image` writes atomically (temp file + fsync + rename) and strips all metadata
   (EXIF, GPS, XMP, comments, text chunks) unless asked to keep the colour profile.
 * :func:`is_done` lets a re-run skip photos whose output is already complete.
@@ -33,6 +34,7 @@ from guardkit.errors import ConfigError, ImageError
 __all__ = [
     "IMAGE_SUFFIXES",
     "MAX_PIXELS",
+    "animated_frames",
     "collect_inputs",
     "is_done",
     "load_rgb",
@@ -44,7 +46,7 @@ __all__ = [
 MAX_PIXELS: int = 50_000_000
 """Largest ``width * height`` :func:`load_rgb` accepts by default (decompression-bomb bound)."""
 
-IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 """Suffixes (lower case) that :func:`collect_inputs` picks up from a folder."""
 
 # Formats Pillow is allowed to identify (JPEG also covers multi-picture MPO files from cameras).
@@ -249,7 +251,10 @@ def load_rgb(path: Path, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
 
 
 def _is_candidate_in_folder(path: Path) -> bool:
-    """A folder entry worth processing: an image by suffix, not hidden, not our own output."""
+    """A folder entry worth looking at: named like an image, not hidden, not our own output.
+
+    Whether it is a readable file is not asked here: a broken link or a sub-folder named like a
+    photo is reported by :func:`collect_inputs`, not skipped in silence."""
     name = path.name
     if name.startswith("."):  # hidden files, macOS "._x.jpg" resource forks, our temp files
         return False
@@ -257,7 +262,7 @@ def _is_candidate_in_folder(path: Path) -> bool:
         return False
     if path.stem.lower().endswith(_OUTPUT_TAG):  # a previous run's output written next to inputs
         return False
-    return path.is_file()
+    return True
 
 
 def _identity(path: Path) -> Path:
@@ -267,32 +272,82 @@ def _identity(path: Path) -> Path:
         return path.absolute()
 
 
-def collect_inputs(inputs: Sequence[Path]) -> list[Path]:
+def _why_not_a_photo(path: Path) -> str | None:
+    """One line saying why ``path`` (named like a photo in a folder) cannot be one, or None."""
+    try:
+        if path.is_symlink() and not path.exists():
+            return f"{path}: broken link (points to {os.readlink(path)}, which does not exist)"
+        if path.is_dir():
+            return f"{path}: is a folder, not an image file (folders inside folders are not walked)"
+        if not path.is_file():
+            return f"{path}: is not a regular file"
+    except OSError as exc:
+        return f"{path}: cannot read ({exc.strerror or exc})"
+    return None
+
+
+def collect_inputs(inputs: Sequence[Path], failures: list[tuple[Path, str]] | None = None) -> list[Path]:
     """Expand the user's files and folders into the list of photos to process.
 
-    Files are taken as given (whatever their suffix). Folders contribute their image files
-    (suffixes in :data:`IMAGE_SUFFIXES`, any case), non-recursively and sorted by name,
-    skipping hidden files and earlier ``*.protected.*`` outputs. Duplicates (the same file
-    named twice) are dropped, keeping the first. A path that does not exist raises
-    :class:`ImageError` naming it. A folder with no images contributes nothing.
+    Files are taken as given (whatever their suffix). Folders contribute their entries named like
+    images (suffixes in :data:`IMAGE_SUFFIXES`, any case), non-recursively and sorted by name,
+    skipping hidden files and earlier ``*.protected.*`` outputs. Duplicates (the same file named
+    twice) are dropped, keeping the first. A folder with no images contributes nothing.
+
+    A bad path (one that does not exist, a broken link, a sub-folder named like a photo, a folder
+    that cannot be listed) raises :class:`ImageError` naming it, unless ``failures`` is given: then
+    each bad path is appended to it as ``(path, one-line message)`` and the others are still
+    collected, so that one typo never stops a batch (``guardkit run`` names it and exits 1).
     """
     found: list[Path] = []
+
+    def bad(path: Path, message: str) -> None:
+        if failures is None:
+            raise ImageError(message)
+        failures.append((path, message))
+
     for raw in inputs:
         item = Path(raw)
         try:
             if item.is_dir():
                 entries = sorted(item.iterdir(), key=lambda p: (p.name.casefold(), p.name))
-                found.extend(p for p in entries if _is_candidate_in_folder(p))
+                for entry in entries:
+                    if not _is_candidate_in_folder(entry):
+                        continue
+                    why = _why_not_a_photo(entry)
+                    if why is None:
+                        found.append(entry)
+                    else:
+                        bad(entry, why)
             elif item.exists():
                 found.append(item)
+            elif item.is_symlink():
+                bad(item, f"{item}: broken link (points to {os.readlink(item)}, which does not exist)")
             else:
-                raise ImageError(f"{item}: no such file or folder")
+                bad(item, f"{item}: no such file or folder")
         except OSError as exc:
-            raise ImageError(f"{item}: cannot read ({exc.strerror or exc})") from exc
+            bad(item, f"{item}: cannot read ({exc.strerror or exc})")
     unique: dict[Path, Path] = {}
     for path in found:
         unique.setdefault(_identity(path), path)
     return list(unique.values())
+
+
+def animated_frames(path: Path) -> int:
+    """How many frames ``path`` holds when it is an animated image (GIF, APNG, WebP), else 1.
+
+    :func:`load_rgb` reads the first frame; callers say so in one line (``guardkit run`` protects the
+    first frame only and writes a still image)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path, formats=_allowed_formats())
+        with img:
+            if img.format in ("GIF", "PNG", "WEBP") and getattr(img, "is_animated", False):
+                return int(getattr(img, "n_frames", 1))
+    except (*_DECODE_ERRORS, Image.DecompressionBombError, UnidentifiedImageError):
+        return 1
+    return 1
 
 
 def _output_suffix(fmt: str) -> str:

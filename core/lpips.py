@@ -1,6 +1,7 @@
 """LPIPS (Zhang et al. 2018, https://arxiv.org/abs/1801.03924) in plain torch, shared by the ``lpips``
 loss, the ``lpips`` metric and Flux-Guard: AlexNet / VGG16 feature stacks (torchvision's layer numbering),
-the lpips package's linear heads read from its folder without importing it, weights offline only."""
+the lpips package's linear heads (shipped with guardkit under ``guardkit/data/lpips``, BSD-2, or read from an
+installed lpips package's folder without importing it), weights offline only."""
 
 from __future__ import annotations
 
@@ -49,6 +50,16 @@ def _vgg16_features() -> tuple[nn.Sequential, tuple[int, ...]]:
             layers += [nn.Conv2d(channels, int(item), 3, padding=1), nn.ReLU()]
             channels = int(item)
     return nn.Sequential(*layers), (3, 8, 15, 22, 29)
+
+
+SHIPPED_HEADS = Path(__file__).resolve().parent / "data" / "lpips"
+"""The lpips package's ``weights/v0.1/{alex,vgg}.pth``, shipped as guardkit package data (BSD-2, see its LICENSE)."""
+
+
+def shipped_heads_path(net: str) -> Path | None:
+    """guardkit's own copy of the lpips linear heads for ``net`` (package data), or None if absent."""
+    path = SHIPPED_HEADS / f"{net}.pth"
+    return path if path.is_file() else None
 
 
 def default_heads_path(net: str) -> Path | None:
@@ -147,15 +158,17 @@ class LPIPS(nn.Module):
                 raise WeightsError(f"LPIPS heads_path {path} does not exist: pass lpips's weights/v0.1/"
                                    f"{self.net_name}.pth")
             return Path(path)
+        # --weights-dir (a user's choice) first, then guardkit's shipped copy, then an installed lpips package
         candidates = [folder / f"lpips_{self.net_name}.pth"] if folder is not None else []
-        package = default_heads_path(self.net_name)
-        if package is not None:
-            candidates.append(package)
+        for found in (shipped_heads_path(self.net_name), default_heads_path(self.net_name)):
+            if found is not None:
+                candidates.append(found)
         for candidate in candidates:
             if candidate.is_file():
                 return candidate
-        raise WeightsError(f"missing LPIPS {self.net_name} linear heads ({self.net_name}.pth): `pip install --no-deps "
-                           f"lpips` (its files are read, the package is never imported) or pass heads_path=")
+        raise WeightsError(f"missing LPIPS {self.net_name} linear heads ({self.net_name}.pth, normally shipped in "
+                           f"{SHIPPED_HEADS}): reinstall guardkit, `pip install --no-deps lpips` (its files are read, "
+                           f"the package is never imported) or pass heads_path=")
 
     def _load_backbone(self, path: Path) -> None:
         state = _load_state(path, f"LPIPS {self.net_name} backbone")

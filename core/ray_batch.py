@@ -55,14 +55,18 @@ class Item:
     output: str
 
 
-def plan(inputs: Sequence[str | Path], output_dir: str | Path, fmt: str) -> list[Item]:
-    """Every photo and its output, named exactly as ``guardkit run`` names them (``imageio.plan_outputs``)."""
+def plan(inputs: Sequence[str | Path], output_dir: str | Path, fmt: str,
+         failures: list[tuple[Path, str]] | None = None) -> list[Item]:
+    """Every photo and its output, named exactly as ``guardkit run`` names them (``imageio.plan_outputs``).
+    With ``failures``, a bad local path (missing, a broken link, ...) is added to it instead of raising."""
     sources: list[str] = []
     for item in inputs:
         if is_url(item):
             sources += _list_url(str(item))
         else:
-            sources += [str(p) for p in collect_inputs([Path(item)])]
+            sources += [str(p) for p in collect_inputs([Path(item)], failures)]
+    if not sources and failures:
+        return []
     if not sources:
         raise ImageError(f"no photos found in {', '.join(map(str, inputs))} (looked for {', '.join(IMAGE_SUFFIXES)})")
     if is_url(output_dir):
@@ -210,17 +214,23 @@ def protect(
     import ray
 
     run = run or RunConfig()
-    items = plan(inputs, output_dir, fmt)
-    if not ray.is_initialized():
+    bad: list[tuple[Path, str]] = []  # issue 12 item 13: a bad path is a failed photo, never a stop
+    items = plan(inputs, output_dir, fmt, bad)
+    if items and not ray.is_initialized():
         ray.init(address=check_address(address), log_to_driver=False, include_dashboard=False)
     results: dict[str, PhotoResult] = {}
     if on_start:
-        on_start(len(items))
+        on_start(len(items) + len(bad))
 
     def finish(result: PhotoResult) -> None:
         results[str(result.source)] = result
         if on_photo:
             on_photo(result)
+
+    failed = [PhotoResult(path, "failed", error=message) for path, message in bad]
+    for photo in failed:
+        if on_photo:
+            on_photo(photo)
 
     todo = []
     for item in items:
@@ -233,7 +243,7 @@ def protect(
         thresholds = thresholds or json.loads(str(row["thresholds"]))
         finish(_photo_result(row))
     first = next(iter(thresholds), "")
-    return ProtectResult([results[item.source] for item in items], face_model=first,
+    return ProtectResult(failed + [results[item.source] for item in items], face_model=first,
                          threshold=thresholds.get(first, math.nan), thresholds=thresholds)
 
 

@@ -52,9 +52,68 @@ def test_typo_in_a_part_name_is_one_line_listing_the_choices(tmp_path, faces_dir
 
 
 def test_missing_input_is_one_line(tmp_path):
+    # issue 12 item 13: a missing path is a failed photo (exit 1, named in one line), not a usage error
     result = invoke("run", str(tmp_path / "nope.jpg"), "-o", str(tmp_path / "out"))
-    assert result.exit_code == 2
-    assert "nope.jpg" in one_line_error(result)
+    assert result.exit_code == 1, result.output
+    line = one_line_error(result)
+    assert "nope.jpg" in line and "no such file" in line
+
+
+def test_a_usage_error_still_exits_2_when_every_input_is_missing(tmp_path):
+    """Issue 12 item 13: only usage errors exit 2, and they do so before any photo is named."""
+    result = invoke("run", str(tmp_path / "nope.jpg"), "-o", str(tmp_path / "out"), "--fr", "dlb")
+    assert result.exit_code == 2 and "unknown face model 'dlb'" in one_line_error(result)
+    result = invoke("edit", str(tmp_path / "nope.jpg"), "-o", str(tmp_path / "out"), "--prompt", "a smile",
+                    "--protect", "nope")
+    assert result.exit_code == 2 and "unknown edit method 'nope'" in one_line_error(result)
+
+
+def test_one_missing_path_never_stops_the_batch(tmp_path, faces_dir):
+    """Issue 12 item 13: like cp and rsync, name the bad path, protect every other input, exit 1."""
+    a, b = tmp_path / "a.jpg", tmp_path / "b.jpg"
+    shutil.copy(faces_dir / "obama_small.jpg", a)
+    shutil.copy(faces_dir / "obama_small.jpg", b)
+    out = tmp_path / "out"
+    result = invoke("run", str(a), str(tmp_path / "missing.jpg"), str(b), "-o", str(out),
+                    "--fr", "dlib", "--steps", "1", "-O", "eot_draws=1", "--json")
+    assert result.exit_code == 1, result.output
+    assert "missing.jpg" in one_line_error(result)
+    status = {Path(p["source"]).name: p["status"] for p in json.loads(result.stdout)["photos"]}
+    assert status == {"a.jpg": "protected", "missing.jpg": "failed", "b.jpg": "protected"}
+    assert (out / "a.protected.png").is_file() and (out / "b.protected.png").is_file()
+
+
+def test_walking_a_folder_names_broken_links_folders_and_animated_gifs(tmp_path, faces_dir):
+    """Issue 12 item 13: nothing in a walked folder is skipped without a word; an animated GIF's first
+    frame is protected (a still PNG) with a one-line note."""
+    from PIL import Image
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(faces_dir / "obama_small.jpg", folder / "me.jpg")
+    (folder / "gone.jpg").symlink_to(tmp_path / "deleted.jpg")
+    (folder / "holiday.jpg").mkdir()
+    face = Image.open(faces_dir / "obama_small.jpg").convert("RGB")
+    face.save(folder / "anim.gif", save_all=True, append_images=[face.rotate(180)], duration=100, loop=0)
+    out = tmp_path / "out"
+    result = invoke("run", str(folder), "-o", str(out), "--fr", "dlib", "--steps", "1", "-O", "eot_draws=1",
+                    "--json")
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert "Traceback" not in result.output and len(lines) == 3, result.stderr
+    assert sum("gone.jpg" in line and "broken link" in line for line in lines) == 1
+    assert sum("holiday.jpg" in line and "folder" in line for line in lines) == 1
+    assert sum("anim.gif" in line and "first frame" in line for line in lines) == 1
+    status = {Path(p["source"]).name: p["status"] for p in json.loads(result.stdout)["photos"]}
+    assert status == {"gone.jpg": "failed", "holiday.jpg": "failed", "anim.gif": "protected", "me.jpg": "protected"}
+    assert (out / "anim.protected.png").is_file() and (out / "me.protected.png").is_file()
+
+
+def test_edit_names_a_missing_path_in_one_line(tmp_path):
+    """Issue 12 item 13, ``edit``: only bad paths -> each named, nothing loaded, exit 1."""
+    result = invoke("edit", str(tmp_path / "typo.jpg"), "-o", str(tmp_path / "out"), "--prompt", "a smile")
+    assert result.exit_code == 1, result.output
+    assert "typo.jpg" in one_line_error(result)
 
 
 def test_missing_weight_file_is_one_line_saying_what_to_fetch(tmp_path, faces_dir, monkeypatch):

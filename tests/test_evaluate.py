@@ -55,6 +55,17 @@ def test_eval_without_editor_scores_protection_and_purification_and_resumes(phot
     assert len(read_rows(out / "samples.csv")) == 4 and protected.stat().st_mtime_ns == mtime
 
 
+def test_eval_names_a_missing_path_and_evaluates_the_others(photo_dir, tmp_path):
+    """Issue 12 item 13: one missing input is named in one line, the others are evaluated, exit 1."""
+    out = tmp_path / "eval"
+    result = runner.invoke(app, ["eval", str(tmp_path / "typo.jpg"), str(photo_dir), "-o", str(out), "--methods",
+                                 "none", "--purify", "none", "--metrics", "psnr", "--size", "128", "--json"])
+    assert result.exit_code == 1, result.output
+    named = [line for line in result.stderr.splitlines() if "typo.jpg" in line]
+    assert len(named) == 1 and "Traceback" not in result.output
+    assert [r["method"] for r in read_rows(out / "samples.csv")] == ["none"]
+
+
 def test_eval_with_a_tiny_ip2p_editor_and_paper_prompts(photo_dir, tmp_path):
     from test_ip2p import build_tiny_ip2p
 

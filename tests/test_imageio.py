@@ -428,7 +428,8 @@ def test_collect_inputs_folder_with_mixed_files(tmp_path: Path) -> None:
     (folder / "sub" / "inner.jpg").write_bytes(b"x")
     (folder / "dir.jpg").mkdir()  # a folder that looks like an image
 
-    found = collect_inputs([folder])
+    failures: list = []
+    found = collect_inputs([folder], failures)
     assert [p.name for p in found] == [
         "a.png",
         "b.JPG",
@@ -439,6 +440,8 @@ def test_collect_inputs_folder_with_mixed_files(tmp_path: Path) -> None:
         "h.tif",
     ]
     assert all(p.parent == folder for p in found)
+    # issue 12 item 13: a sub-folder named like a photo is named, not skipped in silence
+    assert [(p.name, "is a folder" in why) for p, why in failures] == [("dir.jpg", True)]
 
 
 def test_collect_inputs_files_folders_and_duplicates(tmp_path: Path) -> None:
@@ -457,6 +460,38 @@ def test_collect_inputs_missing_path(tmp_path: Path) -> None:
     with pytest.raises(ImageError) as err:
         collect_inputs([missing])
     assert str(missing) in str(err.value)
+
+
+def test_collect_inputs_reports_bad_paths_and_keeps_the_others(tmp_path: Path) -> None:
+    """Issue 12 item 13: a typo, a broken link or a folder named like a photo never stops a batch."""
+    a, b = tmp_path / "a.jpg", tmp_path / "b.jpg"
+    for p in (a, b):
+        p.write_bytes(b"x")
+    folder = tmp_path / "walk"
+    folder.mkdir()
+    (folder / "ok.png").write_bytes(b"x")
+    (folder / "dangling.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    (folder / "album.jpg").mkdir()
+    (folder / "anim.gif").write_bytes(b"x")  # GIFs are collected (their first frame is protected)
+    top_link = tmp_path / "link.jpg"
+    top_link.symlink_to(tmp_path / "also-nowhere.jpg")
+    failures: list = []
+    found = collect_inputs([a, tmp_path / "missing.jpg", b, folder, top_link], failures)
+    assert found == [a, b, folder / "anim.gif", folder / "ok.png"]
+    said = {p.name: why for p, why in failures}
+    assert set(said) == {"missing.jpg", "dangling.jpg", "album.jpg", "link.jpg"}
+    assert all(str(p) in why and "\n" not in why for p, why in failures)
+    assert "no such file" in said["missing.jpg"] and "broken link" in said["dangling.jpg"]
+    assert "broken link" in said["link.jpg"] and "is a folder" in said["album.jpg"]
+
+
+def test_animated_frames_counts_gif_frames(tmp_path: Path) -> None:
+    frames = [Image.fromarray(_noise(seed=i)) for i in range(3)]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:], duration=50, loop=0)
+    frames[0].save(tmp_path / "still.gif")
+    assert imageio.animated_frames(tmp_path / "anim.gif") == 3
+    assert imageio.animated_frames(tmp_path / "still.gif") == 1
+    assert imageio.animated_frames(_write_png(tmp_path / "x.png", _noise())) == 1
 
 
 def test_collect_inputs_empty_folder(tmp_path: Path) -> None:

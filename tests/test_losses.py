@@ -249,11 +249,49 @@ def test_missing_weights_are_one_line_weights_errors(tmp_path, monkeypatch):
         LPIPS("alex", backbone_path=tmp_path / "nope.pth", random_heads=True)
     assert "\n" not in str(info.value) and "alexnet-owt-7be5be79.pth" in str(info.value)
     monkeypatch.setattr(lpips_core, "default_heads_path", lambda net: None)
+    monkeypatch.setattr(lpips_core, "shipped_heads_path", lambda net: None)  # a broken install
     with pytest.raises(WeightsError) as info:
         LPIPS("alex", random_backbone=True)
     assert "\n" not in str(info.value) and "lpips" in str(info.value) and "heads_path" in str(info.value)
     with pytest.raises(ConfigError):
         LPIPS("squeeze", random_backbone=True, random_heads=True)
+
+
+SHIPPED_SHA256 = {"alex": "df73285e35b22355a2df87cdb6b70b343713b667eddbda73e1977e0c860835c0",
+                  "vgg": "a78928a0af1e5f0fcb1f3b9e8f8c3a2a5a3de244d830ad5c1feddc79b8432868"}
+
+
+@pytest.mark.parametrize("net", ["alex", "vgg"])
+def test_shipped_heads_load_without_the_lpips_package(net, monkeypatch):
+    """Issue 12 item 15: the README's install is enough for LPIPS (facelock): guardkit ships lpips 0.1.4's
+    weights/v0.1/{alex,vgg}.pth (BSD-2) as package data, and finds them with no lpips package anywhere."""
+    import hashlib
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "lpips" else real_find_spec(name, *a))
+    assert lpips_core.default_heads_path(net) is None  # no lpips package folder to read from
+    shipped = lpips_core.shipped_heads_path(net)
+    assert shipped is not None and hashlib.sha256(shipped.read_bytes()).hexdigest() == SHIPPED_SHA256[net]
+    module = LPIPS(net, random_backbone=True)
+    state = torch.load(shipped, map_location="cpu", weights_only=True)
+    for head, key in zip(module.heads, HEAD_KEYS):
+        assert torch.equal(head.data, state[key].float()) and float(head.data.sum()) > 0
+    assert "BSD" in (shipped.parent / "LICENSE").read_text() or "Redistribution" in (shipped.parent / "LICENSE").read_text()
+
+
+def test_shipped_heads_are_package_data():
+    """The wheel carries the heads and their licence (pyproject's package-data for ``guardkit`` = core/)."""
+    import fnmatch
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["guardkit"]
+    for name in ("alex.pth", "vgg.pth", "LICENSE"):
+        relative = f"data/lpips/{name}"
+        assert (root / "core" / relative).is_file() and any(fnmatch.fnmatch(relative, p) for p in patterns), name
 
 
 # -- the LPIPS losses ------------------------------------------------------------------------------

@@ -92,8 +92,10 @@ def eval_command(
         result = evaluate(engine, inputs, config, output, run=run, on_warning=warn,
                           on_sample=lambda done, total: bar.update(task, completed=done, total=total))
     if as_json:
-        out_console.print_json(json.dumps({"summary": result.summary, "unavailable": result.unavailable},
-                                          default=lambda v: None))
+        out_console.print_json(json.dumps({"summary": result.summary, "unavailable": result.unavailable,
+                                           "failed": result.failed}, default=lambda v: None))
+        if result.failed:  # a bad input was named (warning) and the others evaluated: exit 1, like `run`
+            raise typer.Exit(1)
         return
     metric_names = [k for k in (result.summary[0] if result.summary else {}) if k not in ("method", "purify", "n")]
     table = Table(title=f"guardkit eval ({len(result.rows)} samples) -> {result.out_dir}")
@@ -104,6 +106,8 @@ def eval_command(
             "-" if not math.isfinite(s[m]["mean"]) else f"{s[m]['mean']:.3f} ± {s[m]['std']:.3f}"
             for m in metric_names))
     out_console.print(table)
+    if result.failed:  # a bad input was named (warning) and the others evaluated: exit 1, like `run`
+        raise typer.Exit(1)
 
 
 @one_line_errors

@@ -131,14 +131,17 @@ def run_command(
             on_photo=lambda photo: bar.advance(task),
             on_step=lambda step, steps: bar.update(steps_task, completed=step, total=steps),
         )
-    for photo in result.failed:
-        err_console.print(f"[red]failed:[/] {escape(photo.error)}", highlight=False, soft_wrap=True)
+    for photo in result.photos:  # one line per bad input (missing, broken link, unreadable, no face, ...)
+        if photo.status == "failed":
+            err_console.print(f"[red]failed:[/] {escape(photo.error)}", highlight=False, soft_wrap=True)
+        elif photo.note:
+            err_console.print(f"[yellow]note:[/] {escape(photo.note)}", highlight=False, soft_wrap=True)
     if as_json:
         out_console.print_json(json.dumps({
             "method": method, "face_models": list(result.thresholds), "eps": budget.eps, "steps": budget.steps,
             "strength": strength, "thresholds": result.thresholds,
             "photos": [{"source": str(p.source), "status": p.status, "output": str(p.output) if p.output else None,
-                        "error": p.error, "faces": p.faces, "linf": p.linf, "psnr": _finite(p.psnr),
+                        "error": p.error, "note": p.note, "faces": p.faces, "linf": p.linf, "psnr": _finite(p.psnr),
                         "distances": {m: _finite(d) for m, d in p.distances.items()}, "seconds": p.seconds} for p in result.photos],
         }))
     else:

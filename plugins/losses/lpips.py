@@ -6,8 +6,10 @@ linear heads, spatial mean, sum over the five layers. One value per sample.
 
 Weights never come from the network (see TRAPS.md, "torch and torchvision"):
 
-- the linear heads are the files ``weights/v0.1/{alex,vgg}.pth`` of the ``lpips`` package, found
-  with ``importlib.util.find_spec`` WITHOUT importing it (it imports torchvision), or ``heads_path``;
+- the linear heads are the files ``weights/v0.1/{alex,vgg}.pth`` of the ``lpips`` package (BSD-2), shipped
+  with guardkit as package data (``guardkit/data/lpips``); ``heads_path`` or ``lpips_<net>.pth`` in the
+  weights folder override them, and an installed ``lpips`` package is the last resort, found with
+  ``importlib.util.find_spec`` WITHOUT importing it (it imports torchvision);
 - the backbone is a torchvision ImageNet checkpoint the user has on disk (``alexnet-owt-7be5be79.pth``
   or ``vgg16-397923af.pth``): ``backbone_path``, else the weights folder, else
   ``$TORCH_HOME/hub/checkpoints`` (read only).
