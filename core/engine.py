@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from guardkit.config import RunConfig
-from guardkit.ensemble import Member, parse_models
+from guardkit.ensemble import Member, finder_of, parse_models
 from guardkit.errors import CapabilityError, GuardkitError, ImageError, NoFaceError
 from guardkit.imageio import IMAGE_SUFFIXES, animated_frames, collect_inputs, is_done, load_rgb, plan_outputs, save_image
 from guardkit.registry import PluginError, Registry, make_plugin_manager
@@ -28,7 +28,6 @@ from guardkit.types import Face, PartSpec, WeightedLoss
 DEFAULT_METHOD = "fr-cloak"
 DEFAULT_FACE_MODELS = ("dlib", "facenet")  # two families: the default protects against both at once
 DEFAULT_FACE_MODEL = DEFAULT_FACE_MODELS[0]
-DEFAULT_FACE_FINDER = "dlib"  # for a face model that names no finder of its own
 DEFAULT_ENCODER = "sd-vae"
 
 
@@ -150,7 +149,7 @@ class Engine:
         pairs = []
         for name in models:
             model = self._part_for_method("face_model", name, method, grads)
-            finder_name = face_finder or model.capabilities.get("default_finder") or DEFAULT_FACE_FINDER
+            finder_name = face_finder or finder_of(model.factory)
             finder = self.registry.get("face_finder", finder_name)
             scheme = finder.capabilities.get("scheme")
             accepted = model.capabilities.get("schemes", ())

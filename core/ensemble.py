@@ -10,9 +10,16 @@ Euclidean dlib distance and a FaceNet cosine distance weigh alike.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 from guardkit.types import Face, FaceModel
+
+DEFAULT_FACE_FINDER = "dlib"  # for a face model that names no finder of its own
+
+
+def finder_of(model: Any) -> str:
+    """The face finder a face model (its class or an instance) reads: its ``default_finder``, else dlib's."""
+    return getattr(model, "default_finder", None) or DEFAULT_FACE_FINDER
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,8 @@ def verify(engine, protected: str | Path, reference: str | Path, *, face_models:
     models the protection was made against (default: ``guardkit.engine.DEFAULT_FACE_MODELS``)."""
     import torch
 
-    from guardkit.engine import DEFAULT_FACE_FINDER, DEFAULT_FACE_MODELS
+    from guardkit.engine import DEFAULT_FACE_MODELS
+    from guardkit.ensemble import finder_of
 
     run = run or RunConfig()
     attacked = tuple(DEFAULT_FACE_MODELS if attacked is None else attacked)
@@ -75,7 +76,7 @@ def verify(engine, protected: str | Path, reference: str | Path, *, face_models:
     rows = []
     for name in face_models if face_models is not None else engine.registry.names("face_model"):
         spec = engine.registry.get("face_model", name)
-        finder_name = spec.capabilities.get("default_finder") or DEFAULT_FACE_FINDER
+        finder_name = finder_of(spec.factory)
         try:
             model = engine.load_part("face_model", name, run)
             reference_faces, found = faces_of(finder_name)

@@ -48,6 +48,7 @@ import torch
 import torch.nn.functional as F
 from guardkit import hookimpl
 from guardkit.config import RunConfig
+from guardkit.ensemble import finder_of
 from guardkit.errors import ConfigError, NoFaceError
 from guardkit.types import EvalBatch, Face
 
@@ -157,7 +158,7 @@ class FaceSimilarity:
             self.face_model = build_face_model(self.run, self.model_name)
         self.face_model.load()
         if self.redetect and self.face_finder is None:
-            self.finder_name = self.finder_name or getattr(self.face_model, "default_finder", None) or "dlib"
+            self.finder_name = self.finder_name or finder_of(self.face_model)
             self.face_finder = build_part(self.run, "face_finder", self.finder_name)
         if self.face_finder is not None:
             self.face_finder.load()
@@ -285,7 +286,7 @@ class AttackSuccess(FaceDistance):
         image = load_rgb(Path(target)) if isinstance(target, (str, Path)) else np.asarray(target)
         finder = self.face_finder
         if finder is None:
-            finder = build_part(self.run, "face_finder", getattr(self.face_model, "default_finder", None) or "dlib")
+            finder = build_part(self.run, "face_finder", finder_of(self.face_model))
             finder.load()
         faces = finder.find(image)
         if not faces:
