@@ -8,7 +8,7 @@ timing does not depend on weight values. Reports seconds per image, images per s
     python benchmarks/bench_facelock.py --device cpu --resolution 128 --steps 5 --batch 1,4 \
         --autocast none,bf16 --threads 1 --repeats 3 --json out.json
 
-Same as ``guardkit bench facelock`` (guardkit.speed.facelock_bench).
+The measuring code: ``speed_suite.facelock_bench``; the released loop's port: ``reference_facelock.py``.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ import argparse
 import json
 import sys
 
+import speed_suite
 import torch
-from guardkit import speed
+from guardkit.torch_settings import torch_settings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,22 +37,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    rows = speed.facelock_bench(
-        device=args.device, resolution=args.resolution, steps=args.steps,
-        batches=[int(b) for b in args.batch.split(",")], face_model=args.face_model, repeats=args.repeats,
-        autocast_mode=args.autocast, channels_last=not args.no_channels_last, compile=args.compile,
-        gradient_checkpointing=args.checkpointing, log=lambda text: print(text, file=sys.stderr, flush=True))
+    with torch_settings(threads=args.threads):
+        rows = speed_suite.facelock_bench(
+            device=args.device, resolution=args.resolution, steps=args.steps,
+            batches=[int(b) for b in args.batch.split(",")], face_model=args.face_model, repeats=args.repeats,
+            autocast_mode=args.autocast, channels_last=not args.no_channels_last, compile=args.compile,
+            gradient_checkpointing=args.checkpointing, log=lambda text: print(text, file=sys.stderr, flush=True))
+        threads = torch.get_num_threads()
     title = (f"facelock {args.resolution}x{args.resolution}, {args.steps} steps, {args.device} "
-             f"({torch.get_num_threads()} threads), median of {args.repeats}")
-    print(speed.table(rows, title))
+             f"({threads} threads), median of {args.repeats}")
+    print(speed_suite.table(rows, title))
     if args.device == "cuda":
         print(f"GPU: {torch.cuda.get_device_name()}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "threads": torch.get_num_threads(),
-                       "rows": [r.as_dict() for r in rows]}, f, indent=2)
+            json.dump({"args": vars(args), "threads": threads, "rows": [r.as_dict() for r in rows]}, f, indent=2)
     return 0
 
 

@@ -12,10 +12,12 @@ results = edit_photos(engine, ["me.jpg"], prompt="a photo of a man with blond ha
 
 Without ``protect`` each photo goes through ``editor.edit`` (a plain edit); with an edit method
 (``flux-guard``) through its ``protect``, which drives the editor's sampling loop. Parts come from the
-engine's registry (core never imports plugins). Each photo is resized so that its longer side is
-``resolution`` pixels and centre-cropped to multiples of 16 (FLUX packs the VAE's 8x latent 2x2), faces are
-found on that photo (a photo without a face fails alone, the batch goes on), and the result is written
-atomically (metadata stripped, never over an input; photos already done are skipped with ``resume``).
+engine's registry (core never imports plugins; the built-in choices are ``guardkit.engine``'s DEFAULT_*).
+Each photo is resized so that its longer side is ``resolution`` pixels and centre-cropped to multiples of 16
+(FLUX packs the VAE's 8x latent 2x2), faces are found on that photo by ``face_finder`` (default: the first
+face model's own finder), and the photo goes through the shared photo loop (``guardkit.photo_loop``): a
+photo that fails (no face, ...) fails alone in one line, the result is checked finite, rounded to 8 bits and
+written atomically (metadata stripped, never over an input), and photos already done are skipped.
 Each result carries, per face model, the distance between the edit and the source (the smallest over
 the photo's faces: the face most at risk) and, with a target identity, the distance to the target
 (the largest over the faces).
@@ -23,6 +25,7 @@ the photo's faces: the face most at risk) and, with a target identity, the dista
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -31,16 +34,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from guardkit.config import RunConfig
 from guardkit.arrays import image_to_tensor
-from guardkit.errors import (
-    CapabilityError,
-    ConfigError,
-    GuardkitError,
-    ImageError,
-    NoFaceError,
-)
-from guardkit.imageio import collect_inputs, is_done, load_rgb, plan_outputs, save_image
+from guardkit.config import RunConfig
+from guardkit.engine import DEFAULT_EDITOR, DEFAULT_FACE_MODEL, DEFAULT_FACE_PARSER
+from guardkit.ensemble import finder_of
+from guardkit.errors import CapabilityError, ConfigError, ImageError, NoFaceError
+from guardkit.image_read import load_rgb, upright_size
+from guardkit.photo_loop import Photo, PhotoLoop, gather, to_pixels
+from guardkit.torch_settings import set_torch, torch_settings
 
 #: pixels per latent token side for FLUX (VAE 8x, packing 2x2)
 MULTIPLE = 16
@@ -100,22 +101,24 @@ def load_mask(path: str | Path, width: int, height: int) -> np.ndarray:
     return np.asarray(pil).astype(np.float32) / 255.0
 
 
-def _build(engine, kind: str, name: str, run: RunConfig, options: Mapping[str, Any] | None = None) -> Any:
-    part = engine.registry.get(kind, name).factory(run, **dict(options or {}))
-    return part
+def edited_size(width: int, height: int, resolution: int) -> tuple[int, int]:
+    """``(width, height)`` of the edit of a ``width`` x ``height`` photo (see ``fit_size``)."""
+    _, (left, top, right, bottom) = fit_size(width, height, resolution)
+    return right - left, bottom - top
 
 
+@torch_settings()  # the run's threads hold for the call only: the caller's are put back
 def edit_photos(
     engine,
     inputs: Sequence[str | Path],
     *,
     prompt: str,
     source_prompt: str = "",
-    editor: str = "flux-edit",
+    editor: str = DEFAULT_EDITOR,
     protect: str | None = None,
-    face_models: Sequence[str] = ("dlib",),
-    face_finder: str = "dlib",
-    face_parser: str = "landmarks",
+    face_models: Sequence[str] = (DEFAULT_FACE_MODEL,),
+    face_finder: str | None = None,
+    face_parser: str = DEFAULT_FACE_PARSER,
     target_identity: str | Path | None = None,
     mask: str | Path | None = None,
     resolution: int = 512,
@@ -133,49 +136,41 @@ def edit_photos(
     Raises a one-line ``GuardkitError`` before any photo for a bad prompt, an unknown part, a part that
     cannot serve, or a missing weight; after that, a photo that fails is reported in its ``EditResult``
     and the others go on. Without ``output_dir`` the edits are kept in memory (``EditResult.edited``).
+    ``face_finder`` None: the first face model's own finder (``guardkit.ensemble.finder_of``).
     """
-    import torch
-
     run = run or RunConfig()
     if not isinstance(prompt, str) or not prompt.strip():
         raise ConfigError("the edit prompt is empty: say what to change, e.g. --prompt \"a photo of a man with "
                           "blond hair\"")
     fit_size(MULTIPLE, MULTIPLE, resolution)  # validates resolution
     face_models = [n.strip() for n in face_models if n and n.strip()]
-    bad: list[tuple[Path, str]] = []  # a missing path, a broken link, ...: failed photos, never a stop
-    paths = collect_inputs([Path(p) for p in inputs], bad)
-    plan = plan_outputs(paths, Path(output_dir), fmt) if output_dir is not None else {}
+    inputs_ = gather(inputs, output_dir=output_dir, fmt=fmt)
     if mask is not None and not Path(mask).is_file():
         raise ImageError(f"{mask}: mask file not found")
 
     # parts: resolve every name first (cheap), then check, then load (weights)
-    editor_part = _build(engine, "editor", editor, run, editor_options)
-    finder = _build(engine, "face_finder", face_finder, run)
-    scheme = getattr(finder, "scheme", None)
-    models = {name: _build(engine, "face_model", name, run) for name in face_models}
-    for name, model in models.items():
-        if scheme not in getattr(model, "schemes", ()):
-            raise CapabilityError(f"face finder {face_finder!r} gives {scheme} landmarks; face model {name!r} "
-                                  f"aligns from {', '.join(getattr(model, 'schemes', ())) or 'none'}")
-    if bad and not paths:  # only bad paths: every name checked above (usage errors first), then each named
+    editor_part = engine.build_part("editor", editor, run, **dict(editor_options or {}))
+    models = {name: engine.build_part("face_model", name, run) for name in face_models}
+    if face_finder is None:
+        face_finder = finder_of(engine.registry.get("face_model", face_models[0]).factory if face_models else None)
+    finder = engine.build_part("face_finder", face_finder, run)
+    _check_schemes(face_finder, finder, models)
+    loop = PhotoLoop(inputs_, EditResult, fmt=fmt, resume=resume, on_start=on_start, on_photo=on_photo,
+                     expected_size=lambda path: edited_size(*upright_size(path), resolution))
+    if not inputs_.paths:  # only bad paths: every name checked above (usage errors first), then each named
         if protect is not None:
             engine.registry.get("edit_method", protect)
             engine.registry.get("face_parser", face_parser)
-        failed = [EditResult(path, "failed", error=message) for path, message in bad]
-        if on_start:
-            on_start(len(failed))
-        for result in failed:
-            if on_photo:
-                on_photo(result)
-        return failed
+        loop.start()
+        return loop.results
     method = None
     if protect is not None:
-        spec = engine.registry.get("edit_method", protect)
-        parser = _build(engine, "face_parser", face_parser, run) if mask is None else None
+        engine.check_editor(protect, editor)  # what it needs from the editor, before any weight loads
+        parser = engine.build_part("face_parser", face_parser, run) if mask is None else None
         if not models:
             raise CapabilityError(f"edit method {protect!r} needs at least one face model (--fr)")
-        method = spec.factory(run, editor=editor_part, face_models=list(models.values()), face_parser=parser,
-                              **dict(protect_options or {}))
+        method = engine.build_part("edit_method", protect, run, editor=editor_part, face_models=list(models.values()),
+                                   face_parser=parser, **dict(protect_options or {}))
         method.load()  # checks gradients and the editor's abilities, loads every part
     else:
         if protect_options:
@@ -184,8 +179,7 @@ def edit_photos(
         for model in models.values():
             model.load()
     finder.load()
-    if run.threads:
-        torch.set_num_threads(run.threads)
+    set_torch(threads=run.threads or None)
     device = run.torch_device()
 
     target = None
@@ -198,69 +192,55 @@ def edit_photos(
             raise NoFaceError(f"{target_identity}: no face found in the target identity photo")
         target = method.identity(image_to_tensor(timage, device), tfaces[:1])
 
-    results: list[EditResult] = []
-    if on_start:
-        on_start(len(paths) + len(bad))
-
-    def finish(result: EditResult) -> None:
-        results.append(result)
-        if on_photo:
-            on_photo(result)
-
-    for path, message in bad:
-        finish(EditResult(path, "failed", error=message))
-
-    import inspect
-
     takes_source = "source_prompt" in inspect.signature(editor_part.edit).parameters
-    for path in paths:
-        if path in plan and resume and is_done(plan[path]):
-            finish(EditResult(path, "skipped", output=plan[path]))
-            continue
+
+    def load(path: Path) -> Photo:
+        image = prepare(load_rgb(path), resolution)
+        faces = finder.find(image)
+        if not faces:
+            raise NoFaceError(f"{path}: no face found (nothing to protect or to edit)")
+        return Photo(path, image, faces)
+
+    def process(batch: list[Photo]) -> list[tuple[EditResult, np.ndarray]]:
+        import torch
+
+        (photo,) = batch
         started = time.perf_counter()
-        try:
-            original = load_rgb(path)
-            image = prepare(original, resolution)
-            faces = finder.find(image)
-            if not faces:
-                raise NoFaceError(f"{path}: no face found (nothing to protect or to edit)")
-            x = image_to_tensor(image, device)
-            report = None
-            if method is not None:
-                user_mask = None
-                if mask is not None:
-                    user_mask = torch.from_numpy(load_mask(mask, image.shape[1], image.shape[0]))[None, None]
-                edited, report = method.protect(x, faces, prompt, source_prompt=source_prompt, seed=run.seed,
-                                                target_embeddings=target, mask=user_mask)
-            else:
-                kwargs = {"source_prompt": source_prompt} if takes_source else {}
-                edited = editor_part.edit(x, prompt, seed=run.seed, **kwargs)
-            if edited.shape[-2:] != x.shape[-2:]:  # editors with their own resolution (ip2p)
-                edited = torch.nn.functional.interpolate(edited.float(), size=tuple(x.shape[-2:]), mode="bilinear",
-                                                         align_corners=False)
-            if not torch.isfinite(edited).all():
-                raise GuardkitError("the edit produced non-finite pixels")
-            out8 = torch.round(edited.detach().float().clamp(0, 1) * 255).to(torch.uint8)
-            result = EditResult(path, "protected" if method is not None else "edited", faces=len(faces),
-                                size=(image.shape[1], image.shape[0]), report=report)
-            _score(result, models, x, out8.float().div(255).to(device), faces, target)
-            array = out8[0].permute(1, 2, 0).cpu().numpy()
-            if path in plan:
-                save_image(array, plan[path], fmt=fmt)
-                result.output = plan[path]
-            else:
-                result.edited = array
-        except GuardkitError as exc:
-            message = str(exc)
-            finish(EditResult(path, "failed", error=message if str(path) in message else f"{path}: {message}"))
-            continue
-        except (RuntimeError, ValueError) as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            finish(EditResult(path, "failed", error=f"{path}: {type(exc).__name__}: {first}"))
-            continue
+        x = image_to_tensor(photo.image, device)
+        report = None
+        if method is not None:
+            user_mask = None
+            if mask is not None:
+                user_mask = torch.from_numpy(load_mask(mask, photo.image.shape[1], photo.image.shape[0]))[None, None]
+            edited, report = method.protect(x, photo.faces, prompt, source_prompt=source_prompt, seed=run.seed,
+                                            target_embeddings=target, mask=user_mask)
+        else:
+            kwargs = {"source_prompt": source_prompt} if takes_source else {}
+            edited = editor_part.edit(x, prompt, seed=run.seed, **kwargs)
+        if edited.shape[-2:] != x.shape[-2:]:  # editors with their own resolution (ip2p)
+            edited = torch.nn.functional.interpolate(edited.float(), size=tuple(x.shape[-2:]), mode="bilinear",
+                                                     align_corners=False)
+        out8 = to_pixels(edited, what="the edit")
+        result = EditResult(photo.path, "protected" if method is not None else "edited", faces=len(photo.faces),
+                            size=(photo.image.shape[1], photo.image.shape[0]), report=report)
+        _score(result, models, x, out8.float().div(255).to(device), photo.faces, target)
         result.seconds = time.perf_counter() - started
-        finish(result)
-    return results
+        return [(result, out8[0].permute(1, 2, 0).cpu().numpy())]
+
+    def keep(result: EditResult, pixels: np.ndarray) -> None:
+        result.edited = pixels
+
+    loop.start()
+    return loop.run(load, process, keep=keep)
+
+
+def _check_schemes(finder_name: str, finder: Any, models: Mapping[str, Any]) -> None:
+    """Every face model aligns from the landmarks ``finder`` gives (a one-line CapabilityError otherwise)."""
+    scheme = getattr(finder, "scheme", None)
+    for name, model in models.items():
+        if scheme not in getattr(model, "schemes", ()):
+            raise CapabilityError(f"face finder {finder_name!r} gives {scheme} landmarks; face model {name!r} "
+                                  f"aligns from {', '.join(getattr(model, 'schemes', ())) or 'none'}")
 
 
 def _score(result: EditResult, models: Mapping[str, Any], source, edited, faces, target) -> None:

@@ -10,66 +10,29 @@ result.save("protected/")
 
 from __future__ import annotations
 
-import math
-import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from guardkit.config import RunConfig
+from guardkit.config import Budget, RunConfig
 from guardkit.ensemble import Member, finder_of, parse_models
-from guardkit.errors import CapabilityError, GuardkitError, ImageError, NoFaceError
-from guardkit.imageio import IMAGE_SUFFIXES, animated_frames, collect_inputs, is_done, load_rgb, plan_outputs, save_image
+from guardkit.errors import CapabilityError, NoFaceError
+from guardkit.photo_loop import gather
+from guardkit.protecting import PhotoResult, ProtectResult, protect_loop, protect_photos, psnr
 from guardkit.registry import PluginError, Registry, make_plugin_manager
+from guardkit.torch_settings import set_torch, torch_settings
 from guardkit.types import Face, PartSpec, WeightedLoss
 
 DEFAULT_METHOD = "fr-cloak"
 DEFAULT_FACE_MODELS = ("dlib", "facenet")  # two families: the default protects against both at once
 DEFAULT_FACE_MODEL = DEFAULT_FACE_MODELS[0]
 DEFAULT_ENCODER = "sd-vae"
-
-
-@dataclass
-class PhotoResult:
-    """What happened to one photo. ``status``: protected, skipped (already done) or failed."""
-
-    source: Path
-    status: str
-    output: Path | None = None
-    error: str = ""
-    note: str = ""  # one line worth saying about a photo that was protected (e.g. an animated GIF's first frame)
-    faces: int = 0
-    linf: float = 0.0  # largest pixel change, in [0, 1] units
-    psnr: float = 0.0  # whole photo, dB
-    fr_distance: float = math.nan  # smallest clean-vs-protected distance over the faces, first model's metric
-    distances: dict[str, float] = field(default_factory=dict)  # the same for every attacked face model
-    seconds: float = 0.0
-    protected: np.ndarray | None = field(default=None, repr=False)
-
-
-@dataclass
-class ProtectResult:
-    """``face_model``/``threshold``: the first face model's; ``thresholds``: every attacked model's."""
-
-    photos: list[PhotoResult]
-    face_model: str = ""
-    threshold: float = math.nan
-    thresholds: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def failed(self) -> list[PhotoResult]:
-        return [p for p in self.photos if p.status == "failed"]
-
-    def save(self, out_dir: str | Path, *, fmt: str = "png") -> list[Path]:
-        """Write protected photos kept in memory (``protect`` without ``output_dir``)."""
-        kept = [p for p in self.photos if p.protected is not None]
-        plan = plan_outputs([p.source for p in kept], Path(out_dir), fmt)
-        for photo in kept:
-            save_image(photo.protected, plan[photo.source], fmt=fmt)
-            photo.output = plan[photo.source]
-        return [plan[p.source] for p in kept]
+# The built-in choices of `guardkit edit`, `eval` and `verify` (core names no part anywhere else):
+DEFAULT_EDITOR = "flux-edit"  # `guardkit edit`'s editor
+DEFAULT_FACE_PARSER = "landmarks"  # the edit methods' face parser (regions drawn from landmarks: no weights)
+DEFAULT_VERIFY_PURIFY = ("none", "jpeg90", "jpeg75", "jpeg60", "blur", "rotate", "resize")  # `guardkit verify`
 
 
 @dataclass
@@ -91,10 +54,21 @@ class BuiltMethod:
         faces: list[Face] = []
         for name, finder in self.finders.items():
             found = [replace(f, finder=name) for f in finder.find(image)]
-            if name == self.members[0].finder and not found:
+            first = self.members[0].finder if self.members else next(iter(self.finders))
+            if name == first and not found:
                 raise NoFaceError(f"{source}: no face found")
             faces += found
         return faces
+
+
+class EngineParts:
+    """``guardkit.contracts.Parts`` backed by one engine: what a part that builds further parts is handed."""
+
+    def __init__(self, engine: "Engine") -> None:
+        self._engine = engine
+
+    def build(self, kind: str, name: str, run: RunConfig, **options: Any) -> Any:
+        return self._engine.build_part(kind, name, run, **options)
 
 
 class Engine:
@@ -111,11 +85,32 @@ class Engine:
         return self.plugin_errors
 
     # ----------------------------------------------------------------------------- parts
+    @property
+    def parts(self) -> "EngineParts":
+        """The ``guardkit.contracts.Parts`` this engine hands the parts it builds: built from its own registry."""
+        return EngineParts(self)
+
+    def build_part(self, kind: str, name: str, run: RunConfig, **options: Any) -> Any:
+        """The part ``name`` of ``kind`` built with ``options``, not loaded. A part that declares ``needs_parts``
+        gets ``parts=self.parts``, so the parts it builds by name come from this registry (disabled plugins too)."""
+        spec = self.registry.get(kind, name)
+        if spec.capabilities.get("needs_parts", False):
+            options = {"parts": self.parts, **options}
+        return spec.factory(run, **options)
+
     def load_part(self, kind: str, name: str, run: RunConfig, **options: Any) -> Any:
         """The part ``name`` of ``kind`` built with ``options`` and loaded (weights on the run's device)."""
-        part = self.registry.get(kind, name).factory(run, **options)
+        part = self.build_part(kind, name, run, **options)
         part.load()
         return part
+
+    def check_editor(self, edit_method: str, editor: str) -> None:
+        """Before any weight loads: editor ``editor`` provides what ``edit_method`` needs from an editor
+        (``needs_editor`` vs ``provides``); a one-line ``CapabilityError`` otherwise."""
+        from guardkit.contracts import check_editor
+
+        needs = self.registry.get("edit_method", edit_method).capabilities.get("needs_editor", ())
+        check_editor(edit_method, needs, editor, self.registry.get("editor", editor).capabilities.get("provides", ()))
 
     def load_purifier(self, spec: str, run: RunConfig) -> Any:
         """A purifier from a CLI spec (``jpeg75``, ``blur:sigma=2``), loaded; ``none`` gives None."""
@@ -123,7 +118,8 @@ class Engine:
 
         if spec == "none":
             return None
-        name, options = parse_spec(spec, self.registry.names("purifier"))
+        name, options = parse_spec(spec, self.registry.names("purifier"),
+                                   shorthands=self.registry.shorthands("purifier"))
         return self.load_part("purifier", name, run, **options)
 
     def check(self, method: str, *, face_model: str | Sequence[str] | None = None, encoder: str | None = None,
@@ -158,6 +154,11 @@ class Engine:
                     f"face finder {finder_name!r} gives {scheme} landmarks; face model {name!r} "
                     f"aligns from {', '.join(accepted) or 'none'}")
             pairs.append((model, finder))
+        if "face_finder" in needs and not pairs:  # a method that places, not optimises (personal-cloak)
+            finder_name = face_finder or capabilities.get("default_finder")
+            if not finder_name:
+                raise CapabilityError(f"method {method!r} needs a face finder; none was given (--finder)")
+            specs["face_finder"] = self.registry.get("face_finder", finder_name)
         if pairs:
             specs["face_models"] = pairs
             specs["face_model"], specs["face_finder"] = pairs[0]
@@ -202,6 +203,8 @@ class Engine:
                 finders[finder_spec.name] = self._build(finder_spec, run, options_of["face_finder"])
             model = self._build(model_spec, run, options_of["face_model"] if i == 0 else {})
             members.append(Member(model_spec.name, model, finder_spec.name))
+        if not members and "face_finder" in specs:
+            finders[specs["face_finder"].name] = self._build(specs["face_finder"], run, options_of["face_finder"])
         if members:
             if method_spec.capabilities.get("accepts_ensemble", False):
                 kwargs["face_models"] = members
@@ -255,14 +258,15 @@ class Engine:
     def resolve_strength(self, method: str, run: RunConfig | None, strength: str | None,
                          options: Mapping[str, Any] | None, *, eps: float | None = None, steps: int | None = None,
                          explicit_run: bool | None = None) -> tuple[RunConfig, dict[str, Any]]:
-        """The run and method options a protection uses: ``strength``'s preset under explicit ``eps``,
-        ``steps`` and ``options``. When no strength is named and the run's budget was not chosen by the
-        caller (no ``run``, or ``explicit_run=False`` as from the CLI), a method with presets runs its
-        ``low`` preset and one without runs its own default step count; a chosen run's budget is kept."""
+        """The run and method options a protection uses, the same for ``guardkit run`` and the Python API:
+        ``strength``'s preset under explicit ``eps``, ``steps`` and ``options``. When no strength is named
+        and the run's budget was not chosen (no ``run``, a run whose eps and steps are ``Budget()``'s, or
+        ``explicit_run=False``), a method with presets runs its ``low`` preset and one without runs its own
+        default step count; a chosen run's budget is kept. ``eps`` and ``steps`` always win."""
         from guardkit.strength import apply_strength, default_strength
 
         factory = self.registry.get("method", method).factory
-        explicit = run is not None if explicit_run is None else explicit_run
+        explicit = budget_chosen(run) if explicit_run is None else explicit_run
         base = run or RunConfig()
         if strength is None and not explicit:
             strength = default_strength(factory)
@@ -275,6 +279,7 @@ class Engine:
         return (base.with_budget(**changes) if changes else base), dict(options or {})
 
     # ----------------------------------------------------------------------------- files
+    @torch_settings()  # the run's threads hold for the call only: the caller's are put back
     def protect(
         self,
         inputs: Sequence[str | Path],
@@ -285,6 +290,8 @@ class Engine:
         encoder: str | None = None,
         run: RunConfig | None = None,
         strength: str | None = None,
+        eps: float | None = None,
+        steps: int | None = None,
         losses: Mapping[str, float] | None = None,
         options: Mapping[str, Any] | None = None,
         part_options: Mapping[str, Mapping[str, Any]] | None = None,
@@ -294,143 +301,89 @@ class Engine:
         on_photo: Callable[[PhotoResult], None] | None = None,
         on_start: Callable[[int], None] | None = None,
         on_step: Callable[[int, int], None] | None = None,
+        cloak: Any = None,
+        refine: int = 0,
+        cloak_face: str = "largest",
+        others: str = "skip",
     ) -> ProtectResult:
-        """Protect photo files (or folders of them).
+        """Protect photo files (or folders of them), on the shared photo loop (``guardkit.photo_loop``).
 
         With ``output_dir``, each protected photo is written as soon as it is done (atomically, never
         over an input, metadata stripped) and photos already done there are skipped (``resume``);
         without, they are kept in memory for ``ProtectResult.save``. A photo that fails (unreadable,
-        no face, ...) is reported in its ``PhotoResult`` and the others go on. ``on_step(step, steps)``
-        follows the optimisation of the current batch (progress bars).
+        no face, ...) is reported in its ``PhotoResult`` in one line and the others go on.
+        ``on_step(step, steps)`` follows the optimisation of the current batch (progress bars).
 
-        ``strength`` (``low``/``mid``/``high`` for methods with presets, see ``guardkit methods show``)
-        sets the budget's eps and steps and the method's options; explicit ``options`` win. Without it
-        (and without ``run``), a method with presets runs its ``low`` preset, as ``guardkit run`` does.
+        The budget and options are ``resolve_strength``'s, as for ``guardkit run``: ``strength``
+        (``low``/``mid``/``high`` for methods with presets, see ``guardkit methods show``) sets eps, steps
+        and the method's options; ``eps``, ``steps`` and explicit ``options`` win. Without a strength and
+        without a chosen budget in ``run``, a method with presets runs its ``low`` preset.
+
+        ``cloak`` (a ``.cloak`` file from ``enroll``, or a ``guardkit.cloak.Cloak``) puts that person's cloak on
+        the ``cloak_face`` face of each photo (``largest``, ``all`` or ``N``) at the cloak's budget, with no
+        optimisation; ``refine`` adds that many per-photo steps from the cloak; ``others``: ``skip`` leaves the
+        other faces alone, ``protect`` protects them per photo (``guardkit.cloak_plan``).
         """
-        import torch
+        if cloak is not None:
+            from guardkit.cloak_plan import plan_cloak_run
 
-        from guardkit.attack import project, reporting_steps
-
-        run, options = self.resolve_strength(method, run, strength, options)
-        bad: list[tuple[Path, str]] = []  # a missing path, a broken link, ...: failed photos, never a stop
-        paths = collect_inputs([Path(p) for p in inputs], bad)
-        if not paths and not bad:
-            raise ImageError(f"no photos found in {', '.join(str(p) for p in inputs)} "
-                             f"(looked for {', '.join(IMAGE_SUFFIXES)})")
-        plan = plan_outputs(paths, Path(output_dir), fmt) if output_dir is not None else {}
-        if not paths:  # only bad paths: check every name (a usage error still exits 2), name each, load nothing
+            plan = plan_cloak_run(cloak, optimiser=method,
+                                  face_model=face_model, refine=refine, face=cloak_face, others=others, options=options)
+            method, face_model, face_finder, options = plan.method, plan.face_model, face_finder or plan.face_finder, plan.options
+            strength, eps, steps = strength or plan.strength, plan.eps, plan.steps if plan.steps is not None else steps
+        run, options = self.resolve_strength(method, run, strength, options, eps=eps, steps=steps)
+        inputs_ = gather(inputs, output_dir=output_dir, fmt=fmt)
+        loop = protect_loop(inputs_, fmt=fmt, resume=resume, on_start=on_start, on_photo=on_photo)
+        if not inputs_.paths:  # only bad paths: check every name (a usage error still exits 2), name each, load nothing
             self._resolve(method, face_model, encoder, face_finder, losses)
-            failed = [PhotoResult(path, "failed", error=message) for path, message in bad]
-            if on_start:
-                on_start(len(failed))
-            for photo in failed:
-                if on_photo:
-                    on_photo(photo)
-            return ProtectResult(failed)
+            loop.start()
+            return ProtectResult(loop.results, budget=run.budget)
         built = self.build_method(method, run, face_model=face_model, encoder=encoder, face_finder=face_finder,
                                   losses=losses, options=options, part_options=part_options)
-        protector, members = built.method, built.members
-        if run.threads:
-            torch.set_num_threads(run.threads)
-        device = run.torch_device()
-        results: list[PhotoResult] = []
-        if on_start:
-            on_start(len(paths) + len(bad))
+        set_torch(threads=run.threads or None)
+        return protect_photos(loop, built, run, on_step)
 
-        def finish(result: PhotoResult) -> None:
-            results.append(result)
-            if on_photo:
-                on_photo(result)
+    def edit(self, inputs: Sequence[str | Path], *, prompt: str, **kwargs: Any) -> Any:
+        """Edit photo files under ``prompt`` (with ``protect=``, privacy-preserving) on the shared photo loop:
+        ``guardkit.editing.edit_photos``, whose keywords it takes. Returns a list of ``EditResult``."""
+        from guardkit.editing import edit_photos
 
-        for path, message in bad:
-            finish(PhotoResult(path, "failed", error=message))
-        notes: dict[Path, str] = {}
+        return edit_photos(self, inputs, prompt=prompt, **kwargs)
 
-        def loaded() -> Iterable[tuple[Path, np.ndarray, list[Face]]]:  # streamed: one photo in memory at a time
-            for path in paths:
-                if path in plan and resume and is_done(plan[path]):
-                    finish(PhotoResult(path, "skipped", output=plan[path]))
-                    continue
-                try:
-                    image = load_rgb(path)
-                    frames = animated_frames(path)
-                    if frames > 1:
-                        notes[path] = (f"{path}: animated image ({frames} frames): protected its first frame only, "
-                                       "written as a still image")
-                    faces = built.find_faces(image, path) if members else []
-                except GuardkitError as exc:
-                    finish(PhotoResult(path, "failed", error=str(exc)))
-                    continue
-                yield path, image, faces
+    def evaluate(self, inputs: Sequence[str | Path], config: Any = None, out_dir: str | Path = "eval",
+                 **kwargs: Any) -> Any:
+        """Protect, purify, edit and score ``inputs`` (``guardkit.evaluate.evaluate``; ``config``: an
+        ``EvalConfig``, default its defaults) into ``out_dir``. Returns an ``EvalResult``."""
+        from guardkit.evaluate import EvalConfig, evaluate
 
-        for batch in _batches_of_same_size(loaded(), run.batch_size):
-            started = time.perf_counter()
-            clean = torch.from_numpy(np.stack([img for _, img, _ in batch])).to(device)
-            clean = clean.permute(0, 3, 1, 2).float().div(255)
-            faces = [f.with_index(i) for i, (_, _, fs) in enumerate(batch) for f in fs]
-            try:
-                with torch.autocast(device.type, dtype=run.torch_dtype(), enabled=run.dtype != "float32"), \
-                        reporting_steps(on_step):
-                    adv = protector.protect(clean, faces, run.budget)
-                adv = project(adv.detach().float(), clean, run.budget)  # never trust a method
-                if not torch.isfinite(adv).all():
-                    raise GuardkitError("the protection produced non-finite pixels")
-                adv8 = torch.round(adv * 255).clamp(0, 255).to(torch.uint8)
-                distances = {m.name: _face_distances(m.model, clean, adv8.float() / 255, m.faces(faces))
-                             for m in members}
-            except (GuardkitError, RuntimeError, ValueError) as exc:
-                for path, _, _ in batch:
-                    finish(PhotoResult(path, "failed", error=f"{path}: {exc}"))
-                continue
-            seconds = (time.perf_counter() - started) / len(batch)
-            for i, (path, image, fs) in enumerate(batch):
-                protected = adv8[i].permute(1, 2, 0).cpu().numpy()
-                smallest = {m.name: min((d for d, f in zip(distances[m.name], m.faces(faces)) if f.image_index == i),
-                                        default=math.nan) for m in members}
-                counted = members[0].faces(fs) if members else fs
-                result = PhotoResult(path, "protected", faces=len(counted), seconds=seconds, note=notes.get(path, ""),
-                                     linf=float(np.abs(protected.astype(np.int16) - image).max()) / 255,
-                                     psnr=psnr(image, protected), distances=smallest,
-                                     fr_distance=smallest[members[0].name] if members else math.nan)
-                if path in plan:
-                    try:
-                        save_image(protected, plan[path], fmt=fmt)
-                        result.output = plan[path]
-                    except ImageError as exc:
-                        result.status, result.error = "failed", str(exc)
-                else:
-                    result.protected = protected
-                finish(result)
-        order = {p: i for i, p in enumerate(paths)}
-        results.sort(key=lambda r: order.get(r.source, -1))  # bad paths first, then the photos in order
-        thresholds = {m.name: float(m.model.threshold) for m in members}
-        return ProtectResult(results, face_model=members[0].name if members else "",
-                             threshold=thresholds[members[0].name] if members else math.nan, thresholds=thresholds)
+        return evaluate(self, inputs, config if config is not None else EvalConfig(), out_dir, **kwargs)
+
+    @torch_settings()
+    def enroll(self, photos: Sequence[str | Path], *, output: str | Path | None = None,
+               face_model: str | Sequence[str] | None = None, strength: str | None = None, finder: str | None = None,
+               steps: int | None = None, variants: int | None = None, run: RunConfig | None = None,
+               resume: bool = True, on_photo: Callable[[Path, str], None] | None = None,
+               on_step: Callable[[int, int], None] | None = None) -> Any:
+        """Learn one person's cloak from ``photos`` (3-10 of them, or folders) against ``face_model`` (default:
+        the ensemble) and write it to ``output`` (``guardkit.enrolment``); ``protect(..., cloak=output)`` then
+        puts it on new photos of that person. ``strength``: low, mid (default) or high. Returns an
+        ``EnrollResult`` (the cloak, the photos used and those that could not be)."""
+        from guardkit.enrolment import DEFAULT_CLOAK_FINDER, DEFAULT_CLOAK_STRENGTH, enroll_photos, enroll_settings
+
+        run = run or RunConfig()
+        set_torch(threads=run.threads or None)
+        settings = enroll_settings(strength, steps=steps, variants=variants, seed=run.seed)
+        return enroll_photos(self, photos, output=output, face_models=parse_models(face_model) or DEFAULT_FACE_MODELS,
+                             finder=finder or DEFAULT_CLOAK_FINDER, settings=settings,
+                             strength=strength or DEFAULT_CLOAK_STRENGTH, run=run, resume=resume,
+                             on_photo=on_photo, on_step=on_step)
 
 
-def _batches_of_same_size(items: Iterable, size: int) -> Iterable[list]:
-    """Consecutive groups of at most ``size`` photos that share one shape (so they stack)."""
-    groups: dict[tuple, list] = {}
-    for item in items:
-        group = groups.setdefault(item[1].shape, [])
-        group.append(item)
-        if len(group) == size:
-            yield groups.pop(item[1].shape)
-    yield from (g for g in groups.values() if g)
+def budget_chosen(run: RunConfig | None) -> bool:
+    """Whether ``run``'s budget was chosen by its caller: its eps or steps differ from ``Budget()``'s. A run
+    given only for its seed, device or threads then gets the method's defaults, as ``guardkit run`` does."""
+    default = Budget()
+    return run is not None and (run.budget.eps, run.budget.steps) != (default.eps, default.steps)
 
 
-def _face_distances(model, clean, adv, faces: Sequence[Face]) -> list[float]:
-    if model is None or not faces:
-        return []
-    import torch
-
-    with torch.no_grad():
-        a = model.embed(model.align(clean, faces))
-        b = model.embed(model.align(adv, faces))
-        return model.distance(a, b).tolist()
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """Peak signal-to-noise ratio of two uint8 images, in dB (inf when equal)."""
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
+__all__ = ["BuiltMethod", "Engine", "PhotoResult", "ProtectResult", "budget_chosen", "psnr"]

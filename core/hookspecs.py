@@ -1,8 +1,9 @@
 """Every hook guardkit calls. Plugins implement them with ``@guardkit.hookimpl``.
 
 Each ``guardkit_register_<kind>s`` hook is called once per plugin with a ``register`` callback:
-``register(name, factory, summary="...")``. Register classes or factories, never loaded models:
-registration must be free (weights load later, in ``factory(run_config).load()``).
+``register(name, factory, summary="...", weights=(KnownWeight(...), ...))``. Register classes or
+factories, never loaded models: registration must be free (weights load later, in
+``factory(run_config).load()``); ``weights`` says where they come from, for ``guardkit models``.
 """
 
 from __future__ import annotations

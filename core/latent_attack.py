@@ -17,8 +17,8 @@ from guardkit.attack import combine, pgd
 from guardkit.config import Budget, RunConfig
 from guardkit.eot import parse_eot, random_purification
 from guardkit.errors import ConfigError
+from guardkit.fast_path import AUTOCAST_MODES, ChannelsLast, StepCompiler, autocast
 from guardkit.region import ModelSpace, group_faces
-from guardkit.speed import AUTOCAST_MODES, ChannelsLast, StepCompiler, autocast
 from guardkit.types import Encoder, Face, FaceModel, WeightedLoss
 from guardkit.vae import latent_units
 from guardkit.view import View
@@ -40,7 +40,7 @@ class LatentAttackConfig:
     final_fraction of eps (None: a hundredth of the first step, as the released code), reached one step
     after the last one, so every step moves.
 
-    Speed (``guardkit.speed``; the defaults are the plain fp32 loop):
+    Speed (``guardkit.fast_path``; the defaults are the plain fp32 loop):
     autocast: "none", "bf16" or "fp16": the per-step forward under ``torch.autocast`` (the perturbation,
     the gradient and the update stay fp32). channels_last: the encoder's, face model's and LPIPS's
     convolutions in NHWC (converts those modules in place; the numbers are the same up to rounding).

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from guardkit.errors import ConfigError, WeightsError
+from guardkit.weights import KnownWeight
 
 #: net -> (torchvision checkpoint file, where it is published, channels of the five taps)
 BACKBONES: dict[str, tuple[str, str, tuple[int, ...]]] = {
@@ -20,6 +21,15 @@ BACKBONES: dict[str, tuple[str, str, tuple[int, ...]]] = {
     "vgg": ("vgg16-397923af.pth", "https://download.pytorch.org/models/vgg16-397923af.pth",
             (64, 128, 256, 512, 512)),
 }
+
+
+def backbone_weights() -> tuple[KnownWeight, ...]:
+    """The torchvision checkpoints LPIPS reads, for the ``weights=`` of every part that uses LPIPS."""
+    return tuple(KnownWeight(file, "torch", f"torchvision's ImageNet checkpoint: download {url} into "
+                                            f"$TORCH_HOME/hub/checkpoints or --weights-dir", role=net)
+                 for net, (file, url, _) in BACKBONES.items())
+
+
 HEAD_KEYS = tuple(f"lin{i}.model.1.weight" for i in range(5))
 SEED = 0
 

@@ -5,14 +5,16 @@ from __future__ import annotations
 import importlib.metadata
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Protocol
+from typing import Any, Callable, Iterable, Protocol, Sequence
 
 import pluggy
 
 from guardkit import hookspecs
 from guardkit.errors import DuplicatePartError, RegistryError, UnknownPartError, first_line
 from guardkit.hookspecs import KINDS
+from guardkit.specs import Shorthand
 from guardkit.types import PartSpec
+from guardkit.weights import KnownWeight
 
 DISABLE_ENV = "GUARDKIT_DISABLE_PLUGINS"
 ENTRY_POINT_GROUP = "guardkit"
@@ -22,11 +24,19 @@ CAPABILITY_ATTRS = (
     "differentiable", "metric", "threshold", "input_size", "schemes", "scheme",
     "needs", "needs_gradients", "maximize", "latent_channels", "downsample", "higher_is_better",
     "default_finder", "accepts_ensemble",
+    # editor <-> edit method (guardkit.contracts): what an editor provides, what an edit method needs from one;
+    # needs_parts: the part builds further parts by name, so the engine hands it its ``Parts``
+    "provides", "needs_editor", "needs_parts",
+    "shorthand",  # guardkit.specs.Shorthand: ``jpeg75`` -> jpeg with quality=75
 )
 
 
 class Register(Protocol):
-    def __call__(self, name: str, factory: Any, *, summary: str = "") -> None: ...
+    """``register(name, factory, summary=..., weights=(KnownWeight(...), ...))``: ``weights`` are the
+    sources the part can load, listed (found, verified, how to get them) by ``guardkit models``."""
+
+    def __call__(self, name: str, factory: Any, *, summary: str = "",
+                 weights: Sequence[KnownWeight] = ()) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -100,8 +110,15 @@ class Registry:
         return registry
 
     def register_callback(self, kind: str, origin: str) -> Callable[..., None]:
-        def register(name: str, factory: Any, *, summary: str = "") -> None:
-            self.add(PartSpec(kind, name, factory, summary, origin, capabilities_of(factory)))
+        def register(name: str, factory: Any, *, summary: str = "", weights: Sequence[KnownWeight] = ()) -> None:
+            weights = tuple(weights)
+            bad = [w for w in weights if not isinstance(w, KnownWeight)]
+            if bad:
+                raise TypeError(f"{kind} {name!r}: weights must be guardkit.weights.KnownWeight, got {bad[0]!r}")
+            capabilities = capabilities_of(factory)
+            if "shorthand" in capabilities:
+                capabilities["shorthand"] = checked_shorthand(f"{kind} {name!r}", capabilities["shorthand"])
+            self.add(PartSpec(kind, name, factory, summary, origin, capabilities, weights))
 
         return register
 
@@ -120,6 +137,11 @@ class Registry:
     def names(self, kind: str) -> list[str]:
         return sorted(self._tables[kind])
 
+    def shorthands(self, kind: str) -> dict[str, Shorthand]:
+        """name -> ``Shorthand`` for the parts of ``kind`` that declare one (``jpeg75``, see guardkit.specs)."""
+        return {name: spec.capabilities["shorthand"]
+                for name, spec in self._tables[kind].items() if "shorthand" in spec.capabilities}
+
     def specs(self) -> list[PartSpec]:
         return [spec for kind in KINDS for _, spec in sorted(self._tables[kind].items())]
 
@@ -131,3 +153,15 @@ def capabilities_of(factory: Any) -> dict[str, Any]:
             value = getattr(factory, attr)
             caps[attr] = sorted(value) if isinstance(value, (frozenset, set)) else value
     return caps
+
+
+def checked_shorthand(what: str, value: Any) -> Shorthand:
+    """A part's ``shorthand`` attribute as a ``Shorthand`` (a plain ``(option, divisor)`` tuple is fine)."""
+    try:
+        shorthand = Shorthand(*value)
+    except TypeError:
+        raise TypeError(f"{what}: shorthand must be Shorthand(option, divisor), got {value!r}") from None
+    if not isinstance(shorthand.option, str) or isinstance(shorthand.divisor, bool) \
+            or not isinstance(shorthand.divisor, (int, float)) or not shorthand.divisor > 0:
+        raise TypeError(f"{what}: shorthand must be Shorthand(option, divisor > 0), got {value!r}")
+    return shorthand

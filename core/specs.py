@@ -1,20 +1,26 @@
-"""Short part specs on the command line: ``jpeg75`` -> ("jpeg", {"quality": 75}),
-``resize50`` -> ("resize", {"scale": 0.5}), ``rotate10`` -> ("rotate", {"degrees": 10}),
-``blur`` -> ("blur", {}), or the general ``name:key=value,key=value``."""
+"""Short part specs on the command line: ``name``, ``name:key=value,key=value``, or a part's own number
+shorthand. A part declares its shorthand as a class attribute, ``shorthand = Shorthand("quality")``, read
+into its capabilities at registration: with it, ``jpeg75`` reads as ("jpeg", {"quality": 75}) and, for
+``Shorthand("scale", 100)``, ``resize50`` as ("resize", {"scale": 0.5}). Core names no part here."""
 
 from __future__ import annotations
 
 import math
 import re
-from typing import Any, Collection
+from typing import Any, Collection, Mapping, NamedTuple
 
 from guardkit.errors import ConfigError
 
-#: trailing-number shorthands: name -> (option, divisor)
-SHORTHANDS: dict[str, tuple[str, float]] = {
-    "jpeg": ("quality", 1), "resize": ("scale", 100), "rotate": ("degrees", 1), "blur": ("sigma", 10),
-    "diffpure": ("t", 100),
-}
+
+class Shorthand(NamedTuple):
+    """``name<digits>`` means option ``option`` = digits / ``divisor`` (an int when ``divisor`` is 1)."""
+
+    option: str
+    divisor: float = 1
+
+    def value(self, digits: str) -> int | float:
+        number = int(digits)
+        return number if self.divisor == 1 else number / self.divisor
 
 
 def number(text: str) -> int | float | str:
@@ -43,25 +49,28 @@ def option_value(text: str) -> Any:
     return value if not isinstance(value, float) or math.isfinite(value) else text
 
 
-def parse_spec(spec: str, names: Collection[str] = ()) -> tuple[str, dict[str, Any]]:
+def parse_spec(spec: str, names: Collection[str] = (), *,
+               shorthands: Mapping[str, Shorthand] | None = None) -> tuple[str, dict[str, Any]]:
     """One spec -> (part name, options). ``names``: the parts that exist, so that ``color-jitter5`` (a
     known name with a number it has no shorthand for) is refused instead of read as a name.
+    ``shorthands``: name -> ``Shorthand`` of the parts that declare one (``Registry.shorthands(kind)``).
 
-    ``"none"`` -> ("none", {}); ``"jpeg75"`` -> ("jpeg", {"quality": 75}); ``"blur15"`` ->
-    ("blur", {"sigma": 1.5}); ``"jpeg:quality=60,..."``: the general form, values read by
-    ``option_value``. Names, keys and repeated keys are checked; anything else is a one-line
-    ``ConfigError``."""
+    ``"none"`` -> ("none", {}); ``"jpeg75"`` -> ("jpeg", {"quality": 75}) where jpeg declares
+    ``Shorthand("quality")``; ``"jpeg:quality=60,..."``: the general form, values read by ``option_value``.
+    Names, keys and repeated keys are checked; anything else is a one-line ``ConfigError``."""
     if not isinstance(spec, str):
         raise ConfigError(f"part spec must be a string, got {spec!r}")
-    hint = "expected e.g. none, jpeg75, blur, rotate10, resize50, color-jitter or jpeg:quality=60"
+    shorthands = shorthands or {}
+    hint = "expected none, NAME or NAME:key=value"
+    if shorthands:
+        hint += " or " + ", ".join(f"{part}<{sh.option}>" for part, sh in sorted(shorthands.items()))
     name, sep, rest = spec.strip().partition(":")
     name = name.strip()
     if not sep:
         match = _NAME_NUMBER.fullmatch(name)
-        if match and match.group(1) in SHORTHANDS:
-            key, divisor = SHORTHANDS[match.group(1)]
-            value = int(match.group(2))
-            return match.group(1), {key: value if divisor == 1 else value / divisor}
+        if match and match.group(1) in shorthands:
+            shorthand = shorthands[match.group(1)]
+            return match.group(1), {shorthand.option: shorthand.value(match.group(2))}
         if match and match.group(1) in names:
             raise ConfigError(f"bad spec {spec!r}: {match.group(1)} has no number shorthand; "
                               f"use {match.group(1)}:key=value")

@@ -19,6 +19,7 @@ if TYPE_CHECKING:  # keep this module free of torch at import time
 
     from guardkit.config import Budget
     from guardkit.view import View
+    from guardkit.weights import KnownWeight
 
 Point = tuple[float, float]
 DistanceMetric = Literal["euclidean", "cosine"]
@@ -184,6 +185,13 @@ class Method(Protocol):
 
     needs: ClassVar[frozenset[str]]  # parts it must be given: "face_model", "encoder", ...
     needs_gradients: ClassVar[bool]
+    # Optional: the engine and ``guardkit methods`` read these with getattr; a method that leaves one out
+    # gets the default named here.
+    default_steps: ClassVar[int]  # steps when neither --steps nor a strength is given; default: the run's budget.steps
+    default_losses: ClassVar[dict[str, float]]  # loss name -> weight when --loss is not given; default {} (none)
+    starts: ClassVar[dict[str, float]]  # loss name -> share of the steps before the term joins; default {} (step 0)
+    config_class: ClassVar[type]  # frozen dataclass of its options (-O key=value); default: none (no options)
+    notes: dict[int, str]  # after protect: one line to report per photo of the batch (by index); default: none
 
     def protect(self, images: "torch.Tensor", faces: Sequence[Face], budget: "Budget") -> "torch.Tensor": ...
 
@@ -198,3 +206,4 @@ class PartSpec:
     summary: str = ""
     origin: str = ""
     capabilities: dict[str, Any] = field(default_factory=dict)
+    weights: tuple["KnownWeight", ...] = ()  # the weight sources it declared, for ``guardkit models``

@@ -2,7 +2,7 @@
 match / no-match decisions under every installed face model, before and after each purification.
 
 Faces are found again on every (purified) protected photo, as a face recognition service would, by each
-model's own face finder (dlib's HOG for dlib, MTCNN for FaceNet); the reference is the largest face of the
+model's own face finder (its ``default_finder``, see ``guardkit.ensemble.finder_of``); the reference is the largest face of the
 reference photo; a probe's distance is the smallest over the faces found in it (the worst case for the
 protection). Each row says whether its model was attacked (in ``attacked``, by default guardkit's default
 ensemble) or held out: a held-out model's row is the figure that predicts face recognition guardkit never saw.
@@ -15,12 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+from guardkit.arrays import image_to_tensor, tensor_to_image
 from guardkit.config import RunConfig
+from guardkit.engine import DEFAULT_FACE_MODELS, DEFAULT_VERIFY_PURIFY
+from guardkit.ensemble import finder_of
 from guardkit.errors import GuardkitError, NoFaceError
 from guardkit.imageio import load_rgb
-from guardkit.arrays import image_to_tensor, tensor_to_image
 
-DEFAULT_PURIFY = ("none", "jpeg90", "jpeg75", "jpeg60", "blur", "rotate", "resize")
+DEFAULT_PURIFY = DEFAULT_VERIFY_PURIFY  # the purifications tried by default (the engine's table of defaults)
 
 
 @dataclass
@@ -46,9 +48,6 @@ def verify(engine, protected: str | Path, reference: str | Path, *, face_models:
     """Rows of (face model, purification) for ``protected`` against ``reference``. ``attacked``: the face
     models the protection was made against (default: ``guardkit.engine.DEFAULT_FACE_MODELS``)."""
     import torch
-
-    from guardkit.engine import DEFAULT_FACE_MODELS
-    from guardkit.ensemble import finder_of
 
     run = run or RunConfig()
     attacked = tuple(DEFAULT_FACE_MODELS if attacked is None else attacked)

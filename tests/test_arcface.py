@@ -18,7 +18,8 @@ from guardkit.errors import WeightsError
 from guardkit.plugins.face_finders import scrfd
 from guardkit.plugins.face_finders.scrfd import ScrfdFaceFinder, letterbox, nms, resize_bilinear
 from guardkit.plugins.face_models import arcface_onnx
-from guardkit.plugins.face_models.arcface_onnx import ArcFaceONNX, IResNet
+from guardkit.plugins.face_models.arcface_iresnet import IResNet
+from guardkit.plugins.face_models.arcface_onnx import ArcFaceONNX
 from guardkit.registry import Registry, make_plugin_manager
 from guardkit.testing import FaceModelContract
 from guardkit.types import Face
@@ -204,6 +205,12 @@ def test_registered_under_arcface():
     assert spec.factory is ArcFaceONNX and spec.capabilities["metric"] == "cosine"
     finder = registry.get("face_finder", "insightface")
     assert finder.factory is ScrfdFaceFinder and finder.capabilities["scheme"] == "arcface5"
+    # the weights each declares for `guardkit models` are the files it loads by default
+    default = arcface_onnx.ArcFaceConfig().file
+    assert [(w.name, w.where, w.pack) for w in spec.weights] == [
+        (default, "insightface", arcface_onnx.KNOWN_FILES[default])]
+    assert [(w.name, w.where, w.pack) for w in finder.weights] == [
+        (scrfd.ScrfdConfig().file, "insightface", "buffalo_l")]
 
 
 # ---------------------------------------------------------------------------------------------

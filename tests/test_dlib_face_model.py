@@ -15,7 +15,9 @@ import guardkit.weights
 from guardkit.config import RunConfig
 from guardkit.errors import WeightsError
 from guardkit.plugins.face_models import dlib_resnet
-from guardkit.plugins.face_models.dlib_resnet import DlibFaceModel, dlib_jitter, face_chip_details, plan_chip
+from guardkit.plugins.face_models.dlib_chip import dlib_jitter, face_chip_details, plan_chip
+from guardkit.plugins.face_models.dlib_dat import load_dlib_resnet
+from guardkit.plugins.face_models.dlib_resnet import DlibFaceModel
 from guardkit.testing import FaceModelContract
 from guardkit.types import Face
 from guardkit.weights import DLIB_RESNET, DLIB_SHAPE5, locate_dlib_file
@@ -196,10 +198,10 @@ def test_corrupted_file_raises_weights_error(tmp_path):
     data[at + 3 : at + 5] = b"\xff\xff"  # a count that does not fit the architecture
     path = _copy_model(tmp_path, bytes(data))
     with pytest.raises(WeightsError, match="con params tensor shape") as info:
-        dlib_resnet.load_dlib_resnet(path)
+        load_dlib_resnet(path)
     assert str(path) in str(info.value)
     with pytest.raises(WeightsError, match=DLIB_RESNET.filename):
-        dlib_resnet.load_dlib_resnet(_copy_model(tmp_path, b"\x01\x01\x01\rnot a model at all" * 100))
+        load_dlib_resnet(_copy_model(tmp_path, b"\x01\x01\x01\rnot a model at all" * 100))
 
 
 def test_missing_file_raises_weights_error(tmp_path, monkeypatch):
@@ -250,3 +252,6 @@ def test_registers_as_dlib():
     registered = []
     dlib_resnet.guardkit_register_face_models(lambda *args, **kw: registered.append((args, kw)))
     assert registered[0][0] == ("dlib", DlibFaceModel)
+    weights = registered[0][1]["weights"]  # what `guardkit models` lists and verifies for it
+    assert [(w.name, w.where, w.sha256) for w in weights] == [(DLIB_RESNET.filename, "dlib", DLIB_RESNET.sha256)]
+    assert guardkit.weights.weight_status(weights[0]) == ("ok (sha256 verified)", locate_dlib_file(DLIB_RESNET))

@@ -107,8 +107,11 @@ def test_prompt_sets_and_specs():
     assert len(PROMPT_SETS["paper"]) == 25 and len(PROMPT_SETS["paper-background"]) == 7
     assert prompt_group("Add elf-like ears") == "facial" and prompt_group("paint it red") == "custom"
     assert resolve_prompts("a | b") == ["a", "b"]
-    assert parse_spec("jpeg60") == ("jpeg", {"quality": 60})
-    assert parse_spec("resize50") == ("resize", {"scale": 0.5})
+    from guardkit.engine import Engine
+
+    shorthands = Engine().registry.shorthands("purifier")  # each purifier declares its own
+    assert parse_spec("jpeg60", shorthands=shorthands) == ("jpeg", {"quality": 60})
+    assert parse_spec("resize50", shorthands=shorthands) == ("resize", {"scale": 0.5})
     assert parse_spec("blur:kernel=5,sigma=1.5") == ("blur", {"kernel": 5, "sigma": 1.5})
     with pytest.raises(ConfigError):
         parse_spec("blur:sigma")
@@ -228,7 +231,7 @@ def test_flux_guard_is_scored_against_its_own_clean_trajectory(photo_dir, tmp_pa
         from guardkit.types import EvalBatch
 
         assert row["psnr"] < float("inf")
-        metric = Engine().registry.get("metric", "fr-distance").factory(RunConfig(), model="dlib")
+        metric = Engine().build_part("metric", "fr-distance", RunConfig(), model="dlib")  # the engine hands it parts
         metric.load()
         source = image_to_tensor(load_rgb(next((out / "images" / "source").glob("*.png"))), "cpu")
         clean = image_to_tensor(baseline, "cpu")

@@ -131,7 +131,7 @@ def test_declares_what_the_engine_reads():
     assert FaceNetModel.default_finder == "mtcnn"
     assert FaceNetModel.metric == "cosine" and FaceNetModel.threshold == pytest.approx(0.55)
     names = []
-    facenet.guardkit_register_face_models(lambda name, factory, summary="": names.append((name, factory)))
+    facenet.guardkit_register_face_models(lambda name, factory, summary="", weights=(): names.append((name, factory)))
     assert names == [("facenet", FaceNetModel)]
 
 

@@ -12,15 +12,15 @@ import dataclasses
 import pytest
 import torch
 from guardkit.config import RunConfig
+from guardkit.contracts import SAMPLING, Control, ControlBase, SamplingEditor, StepState
 from guardkit.errors import ConfigError, WeightsError
 from guardkit.plugins.editors import flux_edit
-from guardkit.plugins.editors.flux_edit import (
-    ControlBase,
-    FeatureInjection,
-    FluxEdit,
+from guardkit.plugins.editors.flux_attention import ValueProcessor
+from guardkit.plugins.editors.flux_controls import FeatureInjection, VelocityBlend
+from guardkit.plugins.editors.flux_edit import FluxEdit
+from guardkit.plugins.editors.flux_flow import (
     Inversion,
-    StepState,
-    VelocityBlend,
+    feature_block_start,
     flux_schedule,
     mask_to_tokens,
     pack_latents,
@@ -248,7 +248,7 @@ def test_value_processor_matches_flux_attn_processor(editor):
     from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
 
     attn = editor.pipe.transformer.single_transformer_blocks[0].attn
-    assert isinstance(attn.processor, flux_edit.ValueProcessor)
+    assert isinstance(attn.processor, ValueProcessor)
     torch.manual_seed(1)
     hidden = torch.randn(1, 20, attn.query_dim)
     rope = editor.pipe.transformer.pos_embed(torch.randn(20, 3))
@@ -305,7 +305,7 @@ def test_controls_see_each_step_and_can_edit_latents(editor, inversion):
     assert [s[0] for s in nudge.states] == list(range(STEPS))
     assert [s[1] for s in nudge.states] == inversion.timesteps[:-1].tolist()
     assert torch.allclose(out, plain + 0.1, atol=1e-6)
-    assert isinstance(nudge, flux_edit.Control) and isinstance(VelocityBlend(torch.ones(1, 16, 1), 0, 1), flux_edit.Control)
+    assert isinstance(nudge, Control) and isinstance(VelocityBlend(torch.ones(1, 16, 1), 0, 1), Control)
 
 
 # ------------------------------------------------------------------------- text, decoding
@@ -377,13 +377,14 @@ def test_registered_as_editor():
     spec = registry.get("editor", "flux-edit")
     assert not errors and spec.factory is FluxEdit and spec.summary
     assert dataclasses.is_dataclass(Inversion)
+    # the editor <-> edit method contract lives in core: flux-edit declares the capability and meets the protocol
+    assert spec.capabilities["provides"] == (SAMPLING,)
+    assert isinstance(FluxEdit(RunConfig()), SamplingEditor)  # built, not loaded: no weights needed
 
 
 def test_injected_blocks_follow_the_models_depth(tiny_folder, photo):
     """FLUX.1-dev's blocks 20..37, and the same share of any Flux-family transformer's depth, so a model
     with fewer single-stream blocks records values (it recorded none: "for 0 step(s) only")."""
-    from guardkit.plugins.editors.flux_edit import feature_block_start
-
     assert feature_block_start(38) == 20 and feature_block_start(1) == 0 and feature_block_start(2) == 1
     editor = FluxEdit(RunConfig(), path=str(tiny_folder), max_sequence_length=16, steps=STEPS)  # the default
     editor.load()

@@ -14,9 +14,11 @@ import math
 import numpy as np
 import pytest
 import torch
+from guardkit import hookimpl
 from guardkit.config import RunConfig
+from guardkit.contracts import SAMPLING, ControlBase
 from guardkit.editing import edit_photos, fit_size, prepare
-from guardkit.errors import ConfigError, WeightsError
+from guardkit.errors import CapabilityError, ConfigError, UnknownPartError, WeightsError
 from guardkit.imageio import load_rgb
 from guardkit.plugins.edit_methods import flux_guard
 from guardkit.plugins.edit_methods.flux_guard import (
@@ -219,7 +221,7 @@ def test_outside_the_mask_the_velocity_is_the_inversions(editor, dlib_model, pho
     image, faces = photo
     seen = {}
 
-    class Observe(flux_guard._ControlBase):
+    class Observe(ControlBase):
         def after_velocity(self, state, v):
             seen[(state.index, state.evaluation)] = (v.clone(), state.inversion.velocity(state.index, state.evaluation))
             return v
@@ -368,6 +370,68 @@ def test_edit_photos_errors_are_one_line(engine, tiny_folder, photos, tmp_path):
     assert fit_size(320, 240, 512) == ((512, 384), (0, 0, 512, 384))
     with pytest.raises(ConfigError, match="multiple of 16"):
         fit_size(320, 240, 500)
+
+
+class PlainEditor:
+    """A real editor that offers a plain ``edit`` only (it mirrors the photo): no ``sampling`` capability.
+    ``loads`` counts ``load`` calls, so a test can tell that no weights were loaded."""
+
+    name = "plain"
+    loads = 0
+
+    def __init__(self, run=None, **options):
+        self.run = run
+
+    def load(self):
+        PlainEditor.loads += 1
+
+    def edit(self, images, prompt, *, seed):
+        return images.flip(-1)
+
+
+class PlainEditorPlugin:
+    @hookimpl
+    def guardkit_register_editors(self, register):
+        register("plain", PlainEditor, summary="test: a plain edit, no sampling under controls")
+
+
+def test_an_editor_without_sampling_is_refused_before_any_weight_loads(engine, dlib_model, photos, tmp_path):
+    """flux-guard declares ``needs_editor = ("sampling",)``, flux-edit ``provides`` it; an editor without it is a
+    one-line CapabilityError from the engine or from ``load``, before the editor loads."""
+    assert FluxGuard.needs_editor == (SAMPLING,) and FluxEdit.provides == (SAMPLING,)
+    engine.check_editor("flux-guard", "flux-edit")
+    with pytest.raises(CapabilityError, match="'ip2p' offers only a plain edit") as info:
+        engine.check_editor("flux-guard", "ip2p")
+    assert "\n" not in str(info.value) and "needs an editor with sampling" in str(info.value)
+    PlainEditor.loads = 0
+    guard = FluxGuard(RunConfig(), editor=PlainEditor(), face_models=[DlibFaceModel(RunConfig())],
+                      face_parser=LandmarkParser(), **FAST)
+    with pytest.raises(CapabilityError, match="editor 'plain' offers only a plain edit"):
+        guard.load()
+    from guardkit.engine import Engine
+
+    with_plain = Engine(plugins=[*_extra_plugins(), PlainEditorPlugin()])
+    with pytest.raises(CapabilityError, match="editor 'plain'"):
+        edit_photos(with_plain, [photos], prompt=GLASSES, editor="plain", protect="flux-guard", output_dir=tmp_path)
+    assert PlainEditor.loads == 0 and not list(tmp_path.iterdir())
+
+
+def test_one_call_protect_builds_its_parser_from_the_engines_parts(editor, dlib_model, photo, protected):
+    """``flux_guard.protect`` without a parser builds ``landmarks`` through the engine's parts (no second plugin
+    manager): disabled there, it is an error, not silently used."""
+    from guardkit.engine import Engine
+
+    image, faces = photo
+    options = {**FAST, "adversarial": False}
+    with pytest.raises(UnknownPartError, match="unknown face parser 'landmarks'") as info:
+        flux_guard.protect(editor, image, faces, GLASSES, source_prompt=SOURCE, seed=0, face_models=[dlib_model],
+                           parts=Engine(disabled={"landmarks_parser"}).parts, **options)
+    assert "\n" not in str(info.value)
+    with pytest.raises(CapabilityError, match="parts=engine.parts"):
+        flux_guard.protect(editor, image, faces, GLASSES, source_prompt=SOURCE, face_models=[dlib_model], **options)
+    out, report = flux_guard.protect(editor, image, faces, GLASSES, source_prompt=SOURCE, seed=0,
+                                     face_models=[dlib_model], parts=make_engine().parts, **options)
+    assert report.regions == {"glasses"} and torch.equal(out, protected[1].clean)
 
 
 @pytest.fixture

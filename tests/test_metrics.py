@@ -13,7 +13,8 @@ import pytest
 import torch
 from guardkit.align import ARCFACE_TEMPLATE_112, similarity_transform
 from guardkit.config import RunConfig
-from guardkit.errors import ConfigError, NoFaceError, WeightsError
+from guardkit.engine import Engine
+from guardkit.errors import CapabilityError, ConfigError, NoFaceError, UnknownPartError, WeightsError
 from guardkit.plugins.metrics import clip as clip_metrics
 from guardkit.plugins.metrics import face as face_metrics
 from guardkit.plugins.metrics import image as image_metrics
@@ -274,29 +275,35 @@ def tiny_model():
     return model
 
 
-def test_fr_metrics_with_the_tiny_face_model(tiny_model):
+@pytest.fixture(scope="module")
+def parts():
+    """What an engine hands the FR metrics (``needs_parts``): its face finders and models, by name."""
+    return Engine().parts
+
+
+def test_fr_metrics_with_the_tiny_face_model(tiny_model, parts):
     x = rand_images(n=2, h=64, w=64)
     noisy = (x + 0.5 * torch.randn(x.shape, generator=torch.Generator().manual_seed(7))).clamp(0, 1)
     faces = (tiny_faces(index=0), tiny_faces(index=1))
     same, changed = batch_of(x, faces=faces), batch_of(noisy, source=x, faces=faces)
-    fr = FaceSimilarity(RunConfig(), face_model=tiny_model)
-    dist = FaceDistance(RunConfig(), face_model=tiny_model)
-    asr = AttackSuccess(RunConfig(), face_model=tiny_model)
+    fr = FaceSimilarity(RunConfig(), face_model=tiny_model, parts=parts)
+    dist = FaceDistance(RunConfig(), face_model=tiny_model, parts=parts)
+    asr = AttackSuccess(RunConfig(), face_model=tiny_model, parts=parts)
     assert torch.allclose(fr.score(same), torch.ones(2), atol=1e-5)
     assert torch.allclose(dist.score(same), torch.zeros(2), atol=1e-5)
     assert torch.equal(asr.score(same), torch.zeros(2))
     sim, d = fr.score(changed), dist.score(changed)
     assert (sim < 1 - 1e-4).all() and (d > 1e-4).all()
     assert torch.allclose(d, 1 - sim, atol=1e-5)  # TinyFaceModel's own distance is 1 - cos
-    strict = AttackSuccess(RunConfig(), face_model=tiny_model, threshold=float(d.min()) / 2)
+    strict = AttackSuccess(RunConfig(), face_model=tiny_model, threshold=float(d.min()) / 2, parts=parts)
     assert torch.equal(strict.score(changed), torch.ones(2))
     assert torch.equal(asr.score(changed), (d > TinyFaceModel.threshold).float())
 
 
-def test_fr_metrics_are_nan_without_faces_and_average_several_faces(tiny_model):
+def test_fr_metrics_are_nan_without_faces_and_average_several_faces(tiny_model, parts):
     x = rand_images(n=2, h=64, w=64)
     noisy = (x + 0.5 * torch.randn(x.shape, generator=torch.Generator().manual_seed(7))).clamp(0, 1)
-    fr = FaceSimilarity(RunConfig(), face_model=tiny_model)
+    fr = FaceSimilarity(RunConfig(), face_model=tiny_model, parts=parts)
     assert torch.isnan(fr.score(batch_of(noisy, source=x))).all()
     one = fr.score(batch_of(noisy, source=x, faces=(tiny_faces(index=0),)))
     assert not torch.isnan(one[0]) and torch.isnan(one[1])
@@ -312,6 +319,33 @@ def test_fr_options():
     with pytest.raises(ConfigError, match="threshold must be"):
         AttackSuccess(RunConfig(), threshold=0)
     assert FaceSimilarity(RunConfig()).model_name == "dlib"
+
+
+def test_fr_metrics_build_their_parts_from_the_engine_that_built_them(tiny_model):
+    """No second plugin manager: a metric's face model and finder come from its engine's registry, so a plugin
+    disabled there is not used behind its back."""
+    run = RunConfig()
+    no_dlib_model = Engine(disabled={"dlib_face_model"})
+    metric = no_dlib_model.build_part("metric", "fr", run, model="dlib")
+    assert metric.parts is not None
+    with pytest.raises(UnknownPartError, match="unknown face model 'dlib'") as info:
+        metric.load()
+    assert "\n" not in str(info.value) and metric.face_model is None
+    no_dlib_finder = Engine(disabled={"dlib_face_finder"})
+    redetecting = no_dlib_finder.build_part("metric", "fr-distance", run, face_model=tiny_model)
+    with pytest.raises(UnknownPartError, match="unknown face finder 'dlib'"):
+        redetecting.load()
+    with pytest.raises(UnknownPartError, match="unknown face finder 'dlib'"):  # the target photo's finder too
+        no_dlib_finder.build_part("metric", "asr", run, face_model=tiny_model, redetect=False,
+                                  target=np.zeros((64, 64, 3), np.uint8)).load()
+    # built without an engine, a metric that must build a part by name says so in one line
+    with pytest.raises(CapabilityError, match="engine.build_part") as info:
+        FaceSimilarity(run, model="dlib").load()
+    assert "\n" not in str(info.value)
+    # the same engine, with the finder given as an instance, needs nothing from the registry
+    given = no_dlib_finder.build_part("metric", "fr", run, face_model=tiny_model, face_finder=BlindFinder())
+    given.load()
+    assert given.face_finder.__class__ is BlindFinder
 
 
 def test_threshold_table_matches_the_face_models():
@@ -351,13 +385,13 @@ def dlib_setup():
     finder = DlibFaceFinder()
     photos = {name: load_photo(name) for name in ("obama", "obama2", "biden")}
     faces = {name: finder.find(photo)[0] for name, photo in photos.items()}
-    fr = FaceSimilarity(RunConfig(), model="dlib")  # built from the registry by name
+    fr = Engine().build_part("metric", "fr", RunConfig(), model="dlib")  # the engine's registry builds its model
     fr.load()
-    return photos, faces, fr.face_model
+    return photos, faces, fr.face_model, fr.parts
 
 
 def test_fr_metrics_with_the_real_dlib_model(dlib_setup):
-    photos, faces, model = dlib_setup
+    photos, faces, model, parts = dlib_setup
     source = to_tensor(photos["obama"])
     height, width = photos["obama"].shape[:2]
     others = {name: to_tensor(warp_onto(photos[name], faces[name], faces["obama"], (width, height)))
@@ -367,9 +401,9 @@ def test_fr_metrics_with_the_real_dlib_model(dlib_setup):
     sources = source.expand_as(edited)
     batch = EvalBatch(source=sources, protected=sources, edited=edited, edited_clean=sources, prompt="p",
                       faces=tuple(faces["obama"].with_index(i) for i in range(4)))
-    dist = FaceDistance(RunConfig(), face_model=model).score(batch)
-    asr = AttackSuccess(RunConfig(), face_model=model).score(batch)
-    sim = FaceSimilarity(RunConfig(), face_model=model).score(batch)
+    dist = FaceDistance(RunConfig(), face_model=model, parts=parts).score(batch)
+    asr = AttackSuccess(RunConfig(), face_model=model, parts=parts).score(batch)
+    sim = FaceSimilarity(RunConfig(), face_model=model, parts=parts).score(batch)
     assert dist[0].item() == pytest.approx(0.0, abs=1e-4) and sim[0].item() == pytest.approx(1.0, abs=1e-5)
     assert dist[1] < 0.6 < dist[2]  # the same person matches, another does not
     assert dist[3] > dist[0] + 0.05
@@ -378,7 +412,7 @@ def test_fr_metrics_with_the_real_dlib_model(dlib_setup):
 
 
 def test_fr_metric_builds_its_model_from_the_registry(dlib_setup):
-    _, _, model = dlib_setup
+    _, _, model, _ = dlib_setup
     assert type(model).__name__ == "DlibFaceModel"
     asr = AttackSuccess(RunConfig(), face_model=model)
     assert asr.match_threshold() == THRESHOLDS["dlib"][0]
@@ -388,12 +422,12 @@ def test_fr_metric_builds_its_model_from_the_registry(dlib_setup):
 def test_fr_metrics_find_the_face_again_on_the_edit(dlib_setup):
     """An edit that moves the head (here: the same photo shifted by 24 x 20 px) is the same person; aligned at
     the source's landmarks it looks like another one. FaceLock's evaluation re-detects: so do we, by default."""
-    photos, faces, model = dlib_setup
+    photos, faces, model, parts = dlib_setup
     source = to_tensor(photos["obama"])
     moved = to_tensor(np.roll(photos["obama"], (20, 24), axis=(0, 1)))
     batch = EvalBatch(source=source, protected=source, edited=moved, edited_clean=source, prompt="p",
                       faces=(faces["obama"],))
-    redetected = FaceDistance(RunConfig(), face_model=model)
+    redetected = FaceDistance(RunConfig(), face_model=model, parts=parts)
     at_source = FaceDistance(RunConfig(), face_model=model, redetect=False)
     assert redetected.score(batch).item() < 0.1 < at_source.score(batch).item()
     assert redetected.redetected == 1 and redetected.fallbacks == 0 and "re-detected" in redetected.alignment
@@ -443,15 +477,15 @@ def test_asr_at_the_protocols_false_accept_rates(tiny_model):
 
 
 def test_impersonation_asr_counts_edits_that_match_the_target_identity(dlib_setup):
-    photos, faces, model = dlib_setup
+    photos, faces, model, parts = dlib_setup
     source = to_tensor(photos["obama"])
     batch = EvalBatch(source=source, protected=source, edited=source, edited_clean=source, prompt="p",
                       faces=(faces["obama"],))
-    dodging = AttackSuccess(RunConfig(), face_model=model)
-    to_obama2 = AttackSuccess(RunConfig(), face_model=model, target=FACES_DIR / "obama2.jpg")
-    to_biden = AttackSuccess(RunConfig(), face_model=model, target=photos["biden"])
+    dodging = AttackSuccess(RunConfig(), face_model=model, parts=parts)
+    to_obama2 = AttackSuccess(RunConfig(), face_model=model, target=FACES_DIR / "obama2.jpg", parts=parts)
+    to_biden = AttackSuccess(RunConfig(), face_model=model, target=photos["biden"], parts=parts)
     assert dodging.score(batch).item() == 0.0  # the unedited photo still matches the person
     assert to_obama2.score(batch).item() == 1.0  # ... and so a photo of the same person as the target
     assert to_biden.score(batch).item() == 0.0  # but not another person's
     with pytest.raises(NoFaceError):
-        AttackSuccess(RunConfig(), face_model=model, target=np.zeros((64, 64, 3), np.uint8)).load()
+        AttackSuccess(RunConfig(), face_model=model, target=np.zeros((64, 64, 3), np.uint8), parts=parts).load()

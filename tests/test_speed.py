@@ -1,7 +1,8 @@
 """The fast paths of the encoder loop (channels-last, bf16 autocast, torch.compile and its fallback) give
 protections that score like the plain fp32 path's on FaceLock's own objective; the port of FaceLock's
-released loop lands in the same range; ``guardkit bench`` runs. Tiny parts on CPU. No timing is asserted:
-speed is measured in benchmarks/, never here.
+released loop (``benchmarks/reference_facelock.py``) lands in the same range; the benchmark scripts and
+``guardkit bench protect`` run. Tiny parts on CPU. No timing is asserted: speed is measured in benchmarks/,
+never here.
 
 Tolerance (stated): the fast path's output, scored in fp32 on the full FaceLock objective, is within
 10% of the plain fp32 path's output's score, and both beat the clean photo and a random perturbation of
@@ -11,17 +12,27 @@ the same budget.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
-from guardkit import speed
 from guardkit.attack import project
+from guardkit.bench import padded_photo
 from guardkit.config import Budget
 from guardkit.errors import ConfigError
+from guardkit.fast_path import set_layout
 from guardkit.latent_attack import LatentAttackConfig
 from guardkit.plugins.encoders.sd_vae import SDVAE
 from guardkit.testing import TinyFaceModel, save_tiny_vae
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))  # the measuring kit and the released loop's port are scripts there
+import bench_facelock  # noqa: E402
+import reference_facelock  # noqa: E402
+import speed_suite  # noqa: E402
 
 RES = 32
 EPS = 8 / 255
@@ -38,26 +49,26 @@ def parts(tmp_path_factory):
     encoder.load()
     face_model = TinyFaceModel()
     face_model.load()
-    return encoder, face_model, speed.random_lpips()
+    return encoder, face_model, speed_suite.random_lpips()
 
 
 @pytest.fixture
 def photos(parts):
-    yield speed.synthetic_portraits(2, RES, seed=3)
+    yield speed_suite.synthetic_portraits(2, RES, seed=3)
     encoder, face_model, lpips = parts
-    speed.set_layout([encoder.vae, face_model.net, lpips], False)  # a channels-last test converted them
+    set_layout([encoder.vae, face_model.net, lpips], False)  # a channels-last test converted them
 
 
 def protect(parts, images, faces, **options):
     encoder, face_model, lpips = parts
-    method, _ = speed.guardkit_facelock(encoder, face_model, lpips, resolution=RES, steps=STEPS, **options)
+    method, _ = speed_suite.guardkit_facelock(encoder, face_model, lpips, resolution=RES, steps=STEPS, **options)
     budget = Budget(eps=EPS, steps=STEPS)
     return project(method.protect(images, faces, budget), images, budget)
 
 
 def score(parts, clean, adv, faces):
     encoder, face_model, lpips = parts
-    return speed.facelock_objective(encoder, face_model, lpips, clean, adv, faces)
+    return speed_suite.facelock_objective(encoder, face_model, lpips, clean, adv, faces)
 
 
 def noise_of(images):
@@ -119,15 +130,16 @@ def test_reference_loop_lands_in_the_same_range(parts, photos):
     images, faces = photos
     x, face = images[:1], faces[:1]
     # the released code's units are [-1, 1]: eps doubles; its step is eps / 3, decayed to a hundredth
-    ref = speed.reference_facelock(x, face, vae=encoder.vae, face_model=face_model, lpips=lpips,
-                                   eps=2 * EPS, step_size=2 * EPS / 3, iters=STEPS)
+    ref = reference_facelock.reference_facelock(x, face, vae=encoder.vae, face_model=face_model, lpips=lpips,
+                                                             eps=2 * EPS, step_size=2 * EPS / 3, iters=STEPS)
     assert ref.shape == x.shape and (ref - x).abs().max() <= EPS + 1e-5
     ours = protect(parts, x, face)
     s_ref, s_ours, s_clean = score(parts, x, ref, face), score(parts, x, ours, face), score(parts, x, x, face)
     assert (s_ref > s_clean).all() and (s_ours > s_clean).all()
     assert (s_ref / s_ours > 1 / 3).all() and (s_ref / s_ours < 3).all(), (s_ref, s_ours)
     with pytest.raises(ValueError, match="batch 1"):
-        speed.reference_facelock(images, faces, vae=encoder.vae, face_model=face_model, lpips=lpips, iters=1)
+        reference_facelock.reference_facelock(images, faces, vae=encoder.vae, face_model=face_model, lpips=lpips,
+                                              iters=1)
 
 
 def test_padded_photo_keeps_the_face_size():
@@ -135,40 +147,57 @@ def test_padded_photo_keeps_the_face_size():
 
     image = np.full((100, 80, 3), 7, dtype=np.uint8)
     image[40:60, 30:50] = 200
-    big = speed.padded_photo(image, 0.032)
+    big = padded_photo(image, 0.032)
     assert big.shape[:2] == (200, 160) and (big == 200).all(axis=2).sum() == 400
-    small = speed.padded_photo(image, 0.002)
+    small = padded_photo(image, 0.002)
     assert small.shape[:2] == (50, 40) and (small == 200).all(axis=2).sum() == 400
 
 
-def _bench_app():
-    import typer
-    from guardkit.cli import app
-
-    if any(group.name == "bench" for group in app.registered_groups):
-        return app
-    from guardkit.cli import bench
-
-    local = typer.Typer()
-    local.add_typer(bench.app, name="bench")
-    return local
-
-
-def test_bench_command_runs():
-    from typer.testing import CliRunner
-
-    result = CliRunner().invoke(_bench_app(), ["bench", "facelock", "--resolution", "32", "--steps", "2", "--device",
-                                               "cpu", "--batch", "1", "--face-model", "tiny", "--json"])
-    assert result.exit_code == 0, result.output
-    report = json.loads(result.stdout)
+def test_facelock_bench_script_runs(tmp_path, capsys):
+    out = tmp_path / "rows.json"
+    assert bench_facelock.main(["--resolution", "32", "--steps", "2", "--device", "cpu", "--batch", "1",
+                                "--face-model", "tiny", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
     names = [row["name"] for row in report["rows"]]
     assert names[0] == "reference (released loop)" and "guardkit fp32" in names
-    assert names[-1] == "guardkit fp32+channels-last" and report["resolution"] == 32
+    assert names[-1] == "guardkit fp32+channels-last" and report["args"]["resolution"] == 32
     for row in report["rows"]:
         assert row["seconds_per_image"] > 0 and row["images_per_second"] > 0 and row["peak_mb"] > 0
         assert row["ratio"] > 0
-    bad = CliRunner().invoke(_bench_app(), ["bench", "facelock", "--resolution", "32", "--autocast", "fp8"])
-    assert bad.exit_code == 2 and "autocast" in bad.output
+    assert "reference (released loop)" in capsys.readouterr().out
+    with pytest.raises(ConfigError, match="autocast"):
+        bench_facelock.main(["--resolution", "32", "--autocast", "fp8"])
+
+
+@pytest.mark.parametrize("script", ["bench_facelock.py", "bench_fr_cloak.py", "reference_facelock.py"])
+def test_benchmark_scripts_answer_help(script):
+    done = subprocess.run([sys.executable, str(BENCHMARKS / script), "--help"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0 and "usage:" in done.stdout, done.stderr
+
+
+def test_bench_protect_command_runs(faces_dir, tmp_path):
+    """``guardkit bench protect``: the public Engine on the user's photo, as it is and padded around the face."""
+    from guardkit.cli import app
+    from typer.testing import CliRunner
+
+    photo = faces_dir / "obama_small.jpg"
+    result = CliRunner().invoke(app, ["bench", "protect", str(photo), "--fr", "dlib", "--steps", "1", "--repeats",
+                                      "1", "--megapixels", "0,0.2", "--threads", "1", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["method"] == "fr-cloak" and [row["size"] for row in report["rows"]] == ["320x240", "516x387"]
+    for row in report["rows"]:
+        assert row["faces"] == 1 and row["steps"] == 1 and row["threads"] == 1 and row["repeats"] == 1
+        assert row["seconds"] >= row["protect_seconds"] > 0 and row["peak_mb"] > 0
+    missing = CliRunner().invoke(app, ["bench", "protect", str(tmp_path / "nope.jpg")])
+    assert missing.exit_code == 2 and "nope.jpg" in missing.output
+    faceless = tmp_path / "flat.png"
+    from PIL import Image
+
+    Image.new("RGB", (64, 64), (120, 120, 120)).save(faceless)
+    no_face = CliRunner().invoke(app, ["bench", "protect", str(faceless), "--fr", "dlib", "--steps", "1"])
+    assert no_face.exit_code == 2 and "no face" in no_face.output and "Traceback" not in no_face.output
 
 
 @pytest.mark.parametrize("kind", ["sd-vae", "flux"])
@@ -187,18 +216,18 @@ def test_objective_equals_the_released_loops_loss(kind, parts, tmp_path):
     else:
         encoder = FluxVAE(path=str(save_tiny_vae(tmp_path / "vae", "flux")))
         encoder.load()
-    images, faces = speed.synthetic_portraits(1, RES, seed=5)
+    images, faces = speed_suite.synthetic_portraits(1, RES, seed=5)
     gen = torch.Generator().manual_seed(2)
     adv = (images + (torch.rand(images.shape, generator=gen) * 2 - 1) * EPS).clamp(0, 1)
-    losses = speed.facelock_losses(lpips)
+    losses = speed_suite.facelock_losses(lpips)
     names = [t.name for t in losses]
     X, X_adv = images * 2 - 1, adv * 2 - 1
     with torch.no_grad():
         clean_latent = encoder.vae.encode(X).latent_dist.mean
         view = View(images, adv, faces, face_model=face_model, encoder=encoder, face_source="decoded")
         for i in (10, 25, 26, 34, 35, 99):
-            released = speed.reference_facelock_loss(X_adv, X, clean_latent, i, 100, vae=encoder.vae,
-                                                     face_model=face_model, lpips=lpips, faces=faces)
+            released = reference_facelock.reference_facelock_loss(X_adv, X, clean_latent, i, 100, vae=encoder.vae,
+                                                                  face_model=face_model, lpips=lpips, faces=faces)
             on = active_terms(names, i, 100, FaceLock.starts, FaceLock.starts_after)
             ours = combine(losses, view, on) - (1.0 if "face-cosine" in on else 0.0)
             assert torch.allclose(ours, released.float(), rtol=1e-4, atol=1e-6), (i, ours, released)

@@ -10,6 +10,7 @@ import typer
 
 from guardkit.cli import bench as _bench
 from guardkit.cli import edit as _edit
+from guardkit.cli import enroll as _enroll
 from guardkit.cli import evaluate as _evaluate
 from guardkit.cli import methods as _methods
 from guardkit.cli import models as _models
@@ -25,6 +26,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.command("run")(_run.run_command)
+app.command("enroll")(_enroll.enroll_command)  # issue 14: a personal cloak
 app.command("plugins")(_plugins.plugins_command)
 app.command("models")(_models.models_command)
 app.add_typer(_methods.app, name="methods")

@@ -44,14 +44,16 @@ def edit_command(
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the edited photos.")],
     prompt: Annotated[str, typer.Option("--prompt", help="The edit: what the photo should show.")],
     source_prompt: Annotated[str, typer.Option(help="What the photo shows now (for the inversion).")] = "",
-    editor: Annotated[str, typer.Option("--editor", help="Editor (see `guardkit plugins`).")] = "flux-edit",
+    editor: Annotated[str | None, typer.Option(
+        "--editor", help="Editor (see `guardkit plugins`; default: flux-edit).", show_default=False)] = None,
     editor_path: Annotated[Path | None, typer.Option(help="Local diffusers folder of the editor's weights.")] = None,
     protect: Annotated[str | None, typer.Option(
         "--protect", help="Edit method that protects the faces (flux-guard); without it, a plain edit.")] = None,
-    fr: Annotated[str, typer.Option("--fr", help="Face models, comma-separated: the ensemble to protect against "
-                                                 "and the distances reported.")] = "dlib",
-    face_finder: FaceFinderOpt = "dlib",
-    parser: Annotated[str, typer.Option("--parser", help="Face parser that finds the edit region.")] = "landmarks",
+    fr: Annotated[str | None, typer.Option("--fr", help="Face models, comma-separated: the ensemble to protect against "
+                                                        "and the distances reported (default: dlib).")] = None,
+    face_finder: FaceFinderOpt = None,
+    parser: Annotated[str | None, typer.Option(
+        "--parser", help="Face parser that finds the edit region (default: landmarks).")] = None,
     target_identity: Annotated[Path | None, typer.Option(
         help="A photo of someone else: impersonate them (default: dodging).")] = None,
     mask: Annotated[Path | None, typer.Option(help="Edit-region mask image (white = edit); overrides the "
@@ -72,16 +74,17 @@ def edit_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Edit every photo in INPUTS under --prompt and write the results to OUTPUT (PNG, metadata stripped)."""
-    from guardkit.editing import edit_photos
-    from guardkit.engine import Engine
+    from guardkit.engine import DEFAULT_EDITOR, DEFAULT_FACE_MODEL, Engine
 
     if fmt not in ("png", "jpeg"):
         raise ConfigError(f"--format must be png or jpeg, got {fmt!r}")
     if not prompt.strip():
         raise ConfigError("--prompt is empty: say what to change, e.g. --prompt \"a photo of a man with blond hair\"")
-    face_models = [n.strip() for n in fr.split(",") if n.strip()]
-    if not face_models:
+    face_models = None if fr is None else [n.strip() for n in fr.split(",") if n.strip()]
+    if face_models is not None and not face_models:
         raise ConfigError("--fr names no face model")
+    chosen = {k: v for k, v in (("editor", editor), ("face_models", face_models), ("face_finder", face_finder),
+                                ("face_parser", parser)) if v is not None}  # the rest: Engine.edit's defaults
     engine = Engine(disabled=disable_plugin or ())
     for error in engine.errors:
         warn(str(error))
@@ -94,13 +97,13 @@ def edit_command(
         (protect_options if protect else editor_options)["steps"] = steps
     with progress() as bar:
         task = bar.add_task("protecting" if protect else "editing", total=None)
-        results = edit_photos(
-            engine, inputs, prompt=prompt, source_prompt=source_prompt, editor=editor, protect=protect,
-            face_models=face_models, face_finder=face_finder, face_parser=parser, target_identity=target_identity,
+        results = engine.edit(
+            inputs, prompt=prompt, source_prompt=source_prompt, protect=protect, **chosen, target_identity=target_identity,
             mask=mask, resolution=resolution, run=run, output_dir=output, fmt=fmt, resume=resume,
             editor_options=editor_options, protect_options=protect_options or None,
             on_start=lambda n: bar.update(task, total=n), on_photo=lambda r: bar.advance(task),
         )
+    editor, face_models = editor or DEFAULT_EDITOR, face_models or [DEFAULT_FACE_MODEL]  # as reported
     failed = [r for r in results if r.status == "failed"]
     for r in failed:
         err_console.print(f"[red]failed:[/] {escape(r.error)}", highlight=False, soft_wrap=True)

@@ -31,16 +31,22 @@ def eval_command(
     = "paper",
     purify: Annotated[str, typer.Option(help="Comma-separated purifications: none,jpeg75,blur,rotate10,...")]
     = "none",
-    fr: Annotated[str, typer.Option("--fr", help="Comma-separated face models to score with.")] = "dlib",
+    fr: Annotated[Optional[str], typer.Option(
+        "--fr", help="Comma-separated face models to score with (default: dlib).", show_default=False)] = None,
     metrics: Annotated[Optional[str], typer.Option(help="Comma-separated metrics (default: all that load).")]
     = None,
     seeds: Annotated[str, typer.Option(help="Comma-separated seeds of the editor.")] = "0",
     size: Annotated[int, typer.Option(help="Side of the face-centred square every photo is cut to.")] = 512,
     encoder: Annotated[Optional[str], typer.Option(help="Encoder of encoder methods.")] = None,
-    method_fr: Annotated[str, typer.Option(help="Comma-separated face models the methods attack (the ensemble); "
-                                                "--fr models outside it are reported as held out.")] = "dlib",
-    parser: Annotated[str, typer.Option("--parser", help="Face parser of edit methods (flux-guard's edit region).")]
-    = "landmarks",
+    method_fr: Annotated[Optional[str], typer.Option(
+        help="Comma-separated face models the methods attack (the ensemble; default: dlib); --fr models outside "
+             "it are reported as held out.", show_default=False)] = None,
+    parser: Annotated[Optional[str], typer.Option(
+        "--parser", help="Face parser of edit methods (flux-guard's edit region; default: landmarks).",
+        show_default=False)] = None,
+    finder: Annotated[Optional[str], typer.Option(
+        "--finder", help="Face finder of the source photos (default: the first --method-fr model's own).",
+        show_default=False)] = None,
     fr_redetect: Annotated[bool, typer.Option(
         help="FR metrics find the face again on the edit, as FaceLock's evaluation (--no-fr-redetect: align the "
              "edit at the source's landmarks). The report says which was used.")] = True,
@@ -55,8 +61,12 @@ def eval_command(
     option: Annotated[Optional[list[str]], typer.Option("--option", "-O", help="Method option KEY=VALUE.")] = None,
     editor_option: Annotated[Optional[list[str]], typer.Option("--editor-option", help="Editor option KEY=VALUE.")]
     = None,
-    eps: Annotated[str, typer.Option(help="L-inf budget (pixel units; 4/255 works).")] = "4/255",
-    steps: Annotated[int, typer.Option(help="Protection steps.")] = 100,
+    strength: Annotated[Optional[str], typer.Option(
+        help="low, mid or high: each method's preset, as `guardkit run --strength` (default: the method's low "
+             "preset, or its own step count).")] = None,
+    eps: Annotated[Optional[str], typer.Option(
+        help="L-inf budget (pixel units; 4/255 works; default: as `guardkit run`).")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Protection steps (default: as `guardkit run`).")] = None,
     seed: Annotated[int, typer.Option(help="Protection and purification seed.")] = 0,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "cpu",
     weights_dir: WeightsDirOpt = None,
@@ -64,9 +74,9 @@ def eval_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Protect, purify, edit and score: the FaceLock paper's metrics over photos x methods x prompts."""
-    from guardkit.config import Budget, RunConfig, parse_fraction
+    from guardkit.config import RunConfig, parse_fraction
     from guardkit.engine import Engine
-    from guardkit.evaluate import EvalConfig, evaluate
+    from guardkit.evaluate import EvalConfig
     from guardkit.cli.run import parse_pairs
     from guardkit.prompts import resolve_prompts
     from guardkit.specs import number
@@ -74,13 +84,16 @@ def eval_command(
     engine = Engine(disabled=disable_plugin or ())
     for error in engine.errors:
         warn(str(error))
-    run = RunConfig(device=device, seed=seed, weights_dir=weights_dir,
-                    budget=Budget(eps=parse_fraction(eps), steps=steps))
+    run = RunConfig(device=device, seed=seed, weights_dir=weights_dir)  # the budget: as `guardkit run` resolves it
+    chosen = {k: v for k, v in (("face_models", _names(fr) if fr else None),
+                                ("ensemble", _names(method_fr) if method_fr else None), ("face_parser", parser),
+                                ("face_finder", finder)) if v is not None}  # the rest: EvalConfig's defaults
     config = EvalConfig(
         methods=_names(methods), editor=editor, prompts=resolve_prompts(prompts) if editor != "none" else [""],
-        purify=_names(purify), face_models=_names(fr), metrics=_names(metrics) if metrics else None,
-        seeds=[int(s) for s in _names(seeds)], size=size, encoder=encoder, ensemble=_names(method_fr),
-        face_parser=parser, fr_redetect=fr_redetect, target_identity=target_identity,
+        purify=_names(purify), metrics=_names(metrics) if metrics else None,
+        seeds=[int(s) for s in _names(seeds)], size=size, encoder=encoder, **chosen,
+        fr_redetect=fr_redetect, target_identity=target_identity,
+        strength=strength, eps=parse_fraction(eps) if eps else None, steps=steps,
         fars=[] if far.strip().lower() == "none" else [parse_fraction(f) for f in _names(far)],
         method_options={k: number(v) for k, v in parse_pairs(option, "--option").items()},
         editor_options={**({"path": str(editor_path)} if editor_path else {}),
@@ -89,8 +102,8 @@ def eval_command(
     )
     with progress() as bar:
         task = bar.add_task("evaluating", total=None)
-        result = evaluate(engine, inputs, config, output, run=run, on_warning=warn,
-                          on_sample=lambda done, total: bar.update(task, completed=done, total=total))
+        result = engine.evaluate(inputs, config, output, run=run, on_warning=warn,
+                                 on_sample=lambda done, total: bar.update(task, completed=done, total=total))
     if as_json:
         out_console.print_json(json.dumps({"summary": result.summary, "unavailable": result.unavailable,
                                            "failed": result.failed}, default=lambda v: None))

@@ -97,6 +97,15 @@ def run_command(
         "--ray", metavar="ADDRESS",
         help="Run on Ray (the ray extra): local (a Ray started here), auto (the running cluster), HOST:PORT "
              "or ray://HOST:PORT. INPUTS and -o may then be fsspec URLs.")] = None,
+    cloak: Annotated[Optional[Path], typer.Option(
+        help="A person's cloak from `guardkit enroll`: put it on their face instead of optimising "
+             "(well under a second a photo).")] = None,
+    refine: Annotated[int, typer.Option(
+        help="With --cloak: this many per-photo optimisation steps from the cloak (stronger, slower).")] = 0,
+    face: Annotated[str, typer.Option(
+        help="With --cloak: the face it goes on: largest, all, or N (the N-th largest).")] = "largest",
+    others: Annotated[str, typer.Option(
+        help="With --cloak: the other faces are left alone (skip) or protected per photo (protect).")] = "skip",
 ) -> None:
     """Protect every face in INPUTS and write the results to OUTPUT (PNG, metadata stripped)."""
     from guardkit.engine import Engine
@@ -109,9 +118,10 @@ def run_command(
     base = RunConfig(device=device, dtype=dtype, seed=seed, batch_size=batch_size, weights_dir=weights_dir,
                      budget=Budget(step_size=parse_fraction(step_size) if step_size else None), threads=threads)
     options = {k: number(v) for k, v in parse_pairs(option, "--option").items()}
-    run, options = engine.resolve_strength(method, base, strength, options,
-                                           eps=parse_fraction(eps) if eps else None, steps=steps, explicit_run=False)
-    budget = run.budget
+    eps_value = parse_fraction(eps) if eps else None
+    # Engine.protect resolves strength, eps and steps itself (one set of defaults for the CLI and the API);
+    # the same call here gives the budget for the progress bar before the run starts
+    budget = engine.resolve_strength(method, base, strength, options, eps=eps_value, steps=steps)[0].budget
     loss_weights, loss_options = parse_losses(loss)
     losses = loss_weights or None
     part_options = {"encoder": {"path": str(encoder_path)} if encoder_path else {},
@@ -124,13 +134,17 @@ def run_command(
             from guardkit.ray_batch import check_address, protect_on
 
             protect = protect_on(check_address(ray_address))
+        with_cloak = {"cloak": cloak, "refine": refine, "cloak_face": face, "others": others} if cloak else {}
+        if with_cloak and ray_address is not None:
+            raise ConfigError("--cloak does not run on --ray yet: run it here, it takes well under a second a photo")
         result = protect(
-            inputs, method=method, face_model=parse_models(face_model) or None, face_finder=face_finder, encoder=encoder, run=run,
-            losses=losses, options=options, part_options=part_options, output_dir=output, fmt=fmt, resume=resume,
+            inputs, method=method, face_model=parse_models(face_model) or None, face_finder=face_finder, encoder=encoder, run=base,
+            strength=strength, eps=eps_value, steps=steps, losses=losses, options=options, part_options=part_options, output_dir=output, fmt=fmt, resume=resume,
             on_start=lambda n: bar.update(task, total=n),
             on_photo=lambda photo: bar.advance(task),
-            on_step=lambda step, steps: bar.update(steps_task, completed=step, total=steps),
+            on_step=lambda step, steps: bar.update(steps_task, completed=step, total=steps), **with_cloak,
         )
+    budget = result.budget or budget
     for photo in result.photos:  # one line per bad input (missing, broken link, unreadable, no face, ...)
         if photo.status == "failed":
             err_console.print(f"[red]failed:[/] {escape(photo.error)}", highlight=False, soft_wrap=True)

@@ -70,17 +70,18 @@ def protect_photo(engine: Engine, photo: Path, workdir: Path, options: ProtectOp
                   base: RunConfig = RunConfig(), on_step: Callable[[int, int], None] | None = None) -> Protected:
     """THE adapter to ``Engine.protect``: protect ``photo``, encode it (metadata stripped) via ``workdir``."""
     method = options.method or DEFAULT_METHOD
-    run, method_options = engine.resolve_strength(method, replace(base, seed=options.seed), options.strength, None,
-                                                  eps=options.eps, steps=options.steps, explicit_run=False)
     models: dict[str, Any] = {"face_model": list(options.face_models)} if options.face_models else {}
-    result = engine.protect([photo], method=method, run=run, options=method_options, on_step=on_step, **models)
+    # Engine.protect resolves strength, eps and steps as `guardkit run` does (one set of defaults)
+    result = engine.protect([photo], method=method, run=replace(base, seed=options.seed), strength=options.strength,
+                            eps=options.eps, steps=options.steps, on_step=on_step, **models)
+    budget = result.budget
     (done,) = result.photos
     if done.status != "protected" or done.protected is None:
         raise PhotoFailed(done.error or f"the photo was {done.status}")
     out = workdir / f"protected.{'png' if options.fmt == 'png' else 'jpg'}"
     save_image(done.protected, out, fmt=options.fmt)
     return Protected(out.read_bytes(), _MEDIA_TYPE[options.fmt], done.faces, done.linf, done.psnr,
-                     dict(done.distances), dict(result.thresholds), method, run.budget.eps, run.budget.steps,
+                     dict(done.distances), dict(result.thresholds), method, budget.eps, budget.steps,
                      done.seconds)
 
 

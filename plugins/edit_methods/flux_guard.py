@@ -36,12 +36,14 @@ Example::
     guard = FluxGuard(run, editor=flux_edit, face_models=[dlib], face_parser=landmarks)
     edited, report = guard.protect(photo, faces, "a photo of a man with blond hair",
                                    source_prompt="a photo of a man", seed=0)
+
+This module is the edit method and its registration; the edit region (prompt -> regions -> mask) is in
+``flux_guard_regions``, the adversarial stage's controls in ``flux_guard_latent``. The editor is any
+``guardkit.contracts.SamplingEditor`` (``needs_editor = (SAMPLING,)``, checked before weights load).
 """
 
 from __future__ import annotations
 
-import math
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -51,122 +53,27 @@ import torch
 import torch.nn.functional as F
 from guardkit import hookimpl
 from guardkit.config import RunConfig, build_config
+from guardkit.contracts import SAMPLING, Control, Parts, SamplingEditor, check_editor
 from guardkit.errors import CapabilityError, ConfigError
+from guardkit.lpips import backbone_weights
 from guardkit.types import Face
 
-#: Regions a parser may give; ``prompt_regions`` returns a subset of these.
-REGIONS = ("skin", "eyes", "brows", "nose", "lips", "hair", "beard", "glasses", "background")
-WHOLE_FACE = frozenset({"skin", "eyes", "brows", "nose", "lips", "hair"})
+from .flux_guard_latent import (
+    GuardStep,
+    LatentGuard,
+    TrajectoryRecorder,
+    adaptive_id_weight,
+)
+from .flux_guard_regions import (
+    REGIONS,
+    WHOLE_FACE,
+    blur_mask,
+    edit_mask,
+    prompt_regions,
+)
 
-#: prompt words -> regions (a word matches itself and its plural / -ed / -ing forms)
-KEYWORDS: dict[str, tuple[str, ...]] = {
-    "hair": ("hair", "haired", "hairstyle", "haircut", "blond", "blonde", "brunette", "redhead", "ginger", "bald",
-             "curly", "wavy", "ponytail", "bangs", "fringe", "braid", "braids", "dreadlocks", "afro", "mohawk",
-             "bun", "perm", "hat", "cap", "beanie", "helmet", "crown", "headband", "tiara", "hood"),
-    "eyes": ("eye", "eyes", "eyed", "iris", "pupil", "eyelash", "eyelashes", "eyeliner", "mascara", "eyeshadow",
-             "wink", "winking", "gaze", "squint", "squinting"),
-    "brows": ("brow", "brows", "eyebrow", "eyebrows", "unibrow"),
-    "lips": ("lip", "lips", "lipstick", "mouth", "smile", "smiling", "smiles", "grin", "grinning", "teeth",
-             "laugh", "laughing", "frown", "frowning", "pout", "open-mouthed"),
-    "nose": ("nose", "nostril", "nostrils"),
-    "skin": ("skin", "makeup", "make-up", "tan", "tanned", "freckle", "freckles", "freckled", "wrinkle",
-             "wrinkles", "wrinkled", "pale", "blush", "blushing", "acne", "scar", "complexion", "cheek", "cheeks",
-             "face-paint", "facepaint", "sunburn", "sunburnt", "tattoo"),
-    "glasses": ("glasses", "sunglasses", "spectacles", "goggles", "eyeglasses", "monocle", "shades"),
-    "beard": ("beard", "bearded", "mustache", "moustache", "goatee", "stubble", "sideburns", "shaven", "shaved",
-              "whiskers"),
-    "background": ("background", "backdrop", "beach", "snow", "snowy", "forest", "city", "street", "sky",
-                   "mountain", "mountains", "sunset", "sunrise", "office", "room", "indoors", "outdoors", "park",
-                   "desert", "ocean", "sea", "space", "studio", "night", "rain", "rainy", "garden", "field",
-                   "scenery", "landscape", "library", "kitchen", "stage", "jungle", "underwater", "castle"),
-    # whole-face edits: age, expression of the whole face, style
-    "*": ("old", "older", "elderly", "aged", "young", "younger", "child", "kid", "baby", "age", "aging", "ageing",
-          "zombie", "vampire", "elf", "clown", "cartoon", "anime", "painting", "sketch", "statue", "fat", "thin", "chubby", "muscular", "angry", "sad",
-          "surprised", "happy"),
-    # who is shown: a whole-face change only when nothing more specific is named ("a man with a beard")
-    "subject": ("man", "woman", "men", "women", "boy", "girl", "male", "female", "person", "guy", "lady",
-                "gentleman", "teenager"),
-}
-_WORD_TO_REGION = {w: region for region, words in KEYWORDS.items() for w in words}
-
-
-def _words(text: str) -> list[str]:
-    return re.findall(r"[a-z]+(?:-[a-z]+)*", text.lower())
-
-
-def _region_of(word: str) -> str | None:
-    if word in _WORD_TO_REGION:
-        return _WORD_TO_REGION[word]
-    for suffix in ("s", "es", "ed", "ing"):  # plurals and simple inflections
-        if word.endswith(suffix) and word[: -len(suffix)] in _WORD_TO_REGION:
-            return _WORD_TO_REGION[word[: -len(suffix)]]
-    if "-" in word:  # "blue-eyed", "long-haired", "red-haired"
-        for part in reversed(word.split("-")):
-            region = _region_of(part)
-            if region is not None:
-                return region
-    return None
-
-
-def prompt_regions(prompt: str, source_prompt: str = "") -> set[str]:
-    """The face regions an edit prompt names: keyword matching on the words of ``prompt`` that the
-    ``source_prompt`` does not also contain (so "a photo of a man" -> "a photo of a man with glasses"
-    names only ``glasses``). A prompt that names no known region, or names a whole-face change (age,
-    style, expression of the whole face...), gives the whole face and the hair; who is shown ("a woman")
-    counts only when nothing more specific is named ("a woman with red lipstick" -> ``lips``). An empty prompt is a ``ConfigError``.
-
-    >>> sorted(prompt_regions("a man with blond hair and sunglasses", "a man"))
-    ['glasses', 'hair']
-    """
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise ConfigError("the edit prompt is empty: say what to change, e.g. --prompt \"a photo of a man with "
-                          "blond hair\"")
-    if len(prompt) > 2000:
-        raise ConfigError(f"the edit prompt is {len(prompt)} characters long; keep it under 2000")
-    source = set(_words(source_prompt or ""))
-    regions: set[str] = set()
-    for word in _words(prompt):
-        if word in source:
-            continue
-        region = _region_of(word)
-        if region == "*":
-            regions |= WHOLE_FACE
-        elif region is not None and region != "subject":
-            regions.add(region)
-    return regions or set(WHOLE_FACE)
-
-
-def edit_mask(parsed: dict[str, torch.Tensor], regions: set[str] | Sequence[str]) -> torch.Tensor:
-    """The union (per-pixel max) of the parser's masks for ``regions`` -> [1,1,H,W] in [0,1].
-    A region the parser does not give is a ``ConfigError`` naming what it gives."""
-    missing = sorted(set(regions) - set(parsed))
-    if missing:
-        raise ConfigError(f"the face parser gives no {', '.join(missing)} region (it gives {', '.join(sorted(parsed))})")
-    masks = [parsed[r].float() for r in sorted(regions)]
-    return torch.stack(masks).amax(0).clamp(0, 1)
-
-
-def blur_mask(mask: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of a [B,1,H,W] mask, ``sigma`` in pixels (0: unchanged); edges replicated."""
-    if sigma <= 0:
-        return mask
-    radius = max(1, math.ceil(3 * sigma))
-    x = torch.arange(-radius, radius + 1, dtype=torch.float32, device=mask.device)
-    kernel = torch.exp(-(x**2) / (2 * sigma**2))
-    kernel = kernel / kernel.sum()
-    out = F.pad(mask.float(), (radius, radius, 0, 0), mode="replicate")
-    out = F.conv2d(out, kernel.view(1, 1, 1, -1))
-    out = F.pad(out, (0, 0, radius, radius), mode="replicate")
-    return F.conv2d(out, kernel.view(1, 1, -1, 1)).clamp(0, 1)
-
-
-def adaptive_id_weight(l_perc: float, *, low: float = 0.05, high: float = 1.0, sharpness: float = 20.0,
-                       knee: float = 0.3) -> float:
-    """``w_id = clip(low + (high - low) / (1 + exp(sharpness * (L_perc - knee))), low, high)``: the identity
-    term weakens as the perceptual cost passes ``knee`` (paper: 0.05, 1, 20, 0.3)."""
-    z = sharpness * (l_perc - knee)
-    s = 0.0 if z > 700 else 1.0 / (1.0 + math.exp(z))
-    return min(max(low + (high - low) * s, low), high)
+__all__ = ["REGIONS", "WHOLE_FACE", "FluxGuard", "FluxGuardConfig", "GuardReport", "GuardStep", "adaptive_id_weight",
+           "blur_mask", "edit_mask", "prompt_regions", "protect"]
 
 
 # ================================================================================ config
@@ -245,116 +152,6 @@ class FluxGuardConfig:
         return self.steps - self.adv_steps if self.blend_stop is None else self.blend_stop
 
 
-# ================================================================================ controls
-class _ControlBase:
-    def before_step(self, state: Any) -> None:
-        return None
-
-    def after_velocity(self, state: Any, v: torch.Tensor) -> torch.Tensor:
-        return v
-
-    def after_step(self, state: Any, latents: torch.Tensor) -> torch.Tensor:
-        return latents
-
-
-class TrajectoryRecorder(_ControlBase):
-    """Keeps, for the sampling steps ``>= first``, the latents after the step and the step's last velocity."""
-
-    def __init__(self, first: int) -> None:
-        self.first = first
-        self.latents: dict[int, torch.Tensor] = {}
-        self.velocity: dict[int, torch.Tensor] = {}
-        self._v: torch.Tensor | None = None
-
-    def after_velocity(self, state: Any, v: torch.Tensor) -> torch.Tensor:
-        if state.index >= self.first and state.evaluation == 0:
-            self._v = v.detach()
-        return v
-
-    def after_step(self, state: Any, latents: torch.Tensor) -> torch.Tensor:
-        if state.index >= self.first:
-            self.latents[state.index] = latents.detach().clone()
-            self.velocity[state.index] = self._v
-        return latents
-
-
-@dataclass
-class GuardStep:
-    """One Adam iteration of the latent optimisation (losses before that iteration's update)."""
-
-    step: int
-    iteration: int
-    l_id: float
-    l_perc: float
-    w_id: float
-    loss: float
-
-
-class LatentGuard(_ControlBase):
-    """The adversarial stage as a ``Control``: in ``after_step`` of the last ``adv_steps`` sampling steps, the
-    latent tokens [B,N,64] are optimised with Adam (a fresh optimiser per step) to lower
-    ``w_id * L_id + w_perc * L_perc`` (see the module docstring). ``history`` gets one ``GuardStep`` per
-    iteration; ``final`` the losses after the last update of each step."""
-
-    def __init__(self, guard: FluxGuard, *, faces: Sequence[Face], reference: list[torch.Tensor],
-                 target: list[torch.Tensor] | None, clean: TrajectoryRecorder, height: int, width: int) -> None:
-        self.guard, self.cfg = guard, guard.config
-        self.faces, self.reference, self.target = list(faces), reference, target
-        self.clean, self.height, self.width = clean, height, width
-        self.first = self.cfg.steps - self.cfg.adv_steps
-        self.history: list[GuardStep] = []
-        self.final: list[GuardStep] = []
-        self._v: torch.Tensor | None = None
-        self._clean_decode: dict[int, torch.Tensor] = {}
-
-    def after_velocity(self, state: Any, v: torch.Tensor) -> torch.Tensor:
-        if state.index >= self.first and state.evaluation == 0:
-            self._v = v.detach()
-        return v
-
-    def _decode(self, tokens: torch.Tensor, t: float, v: torch.Tensor | None) -> torch.Tensor:
-        editor = self.guard.editor
-        if self.cfg.decode == "x0" and v is not None and t > 0:
-            tokens = tokens - t * v
-        return editor.decode_tokens(tokens, self.height, self.width)
-
-    def losses(self, images: torch.Tensor, clean_images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(L_id, L_perc)`` for decoded images [1,3,H,W]; ``L_id`` averaged over faces and face models."""
-        l_id = self.guard.identity_loss(images, self.faces, self.reference, self.target)
-        l_perc = self.guard.perceptual(images, clean_images).mean()
-        return l_id, l_perc
-
-    def after_step(self, state: Any, latents: torch.Tensor) -> torch.Tensor:
-        j = state.index
-        if j < self.first or self.cfg.iterations == 0:
-            return latents
-        cfg = self.cfg
-        with torch.no_grad():
-            clean_images = self._decode(self.clean.latents[j], state.t_next, self.clean.velocity[j])
-        v = self._v
-        x = latents.detach().clone().requires_grad_(True)
-        optimizer = torch.optim.Adam([x], lr=cfg.lr)
-        for it in range(cfg.iterations):
-            optimizer.zero_grad(set_to_none=True)
-            with torch.enable_grad():
-                images = self._decode(x, state.t_next, v)
-                l_id, l_perc = self.losses(images, clean_images)
-                w_id = adaptive_id_weight(float(l_perc.detach()), low=cfg.w_id_low, high=cfg.w_id_high,
-                                          sharpness=cfg.w_id_sharpness, knee=cfg.w_id_knee)
-                loss = w_id * l_id + cfg.w_perc * l_perc
-                loss.backward()
-            self.history.append(GuardStep(j, it, float(l_id.detach()), float(l_perc.detach()), w_id,
-                                          float(loss.detach())))
-            optimizer.step()
-        with torch.no_grad():
-            l_id, l_perc = self.losses(self._decode(x, state.t_next, v), clean_images)
-            w_id = adaptive_id_weight(float(l_perc), low=cfg.w_id_low, high=cfg.w_id_high,
-                                      sharpness=cfg.w_id_sharpness, knee=cfg.w_id_knee)
-            self.final.append(GuardStep(j, cfg.iterations, float(l_id), float(l_perc), w_id,
-                                        float(w_id * l_id + cfg.w_perc * l_perc)))
-        return x.detach()
-
-
 # ================================================================================ the method
 @dataclass
 class GuardReport:
@@ -385,18 +182,21 @@ class GuardReport:
 class FluxGuard:
     """Flux-Guard: privacy-preserving text editing on a ``flux-edit``-like editor (see the module docstring).
 
-    Parts are injected: ``editor`` (with ``invert``, ``sample_tokens``, ``decode_tokens``), ``face_models``
-    (differentiable, an ensemble), ``face_parser`` (``parse(image, faces) -> {region: mask}``).
+    Parts are injected: ``editor`` (a ``guardkit.contracts.SamplingEditor``: it declares ``provides`` with
+    ``SAMPLING``), ``face_models`` (differentiable, an ensemble), ``face_parser`` (``parse(image, faces) ->
+    {region: mask}``).
     """
 
     name: ClassVar[str] = "flux-guard"
     config_class: ClassVar[type] = FluxGuardConfig
     needs: ClassVar[frozenset[str]] = frozenset({"editor", "face_model", "face_parser"})
     needs_gradients: ClassVar[bool] = True
+    needs_editor: ClassVar[tuple[str, ...]] = (SAMPLING,)  # what the editor must provide (checked before loading)
     default_steps: ClassVar[int] = FluxGuardConfig.steps
     default_losses: ClassVar[dict[str, float]] = {"identity (adaptive w_id)": 1.0, "lpips vs clean": 0.5}
 
-    def __init__(self, run: RunConfig | None = None, *, editor: Any = None, face_models: Sequence[Any] = (),
+    def __init__(self, run: RunConfig | None = None, *, editor: SamplingEditor | None = None,
+                 face_models: Sequence[Any] = (),
                  face_parser: Any = None, **options: Any) -> None:
         self.run = run or RunConfig()
         self.config = build_config(FluxGuardConfig, options, "flux-guard")
@@ -404,12 +204,11 @@ class FluxGuard:
         self._lpips: torch.nn.Module | None = None
 
     def load(self) -> None:
-        """Check the parts and load them (editor, face models, parser, LPIPS)."""
-        needed = ("invert", "sample_tokens", "decode_tokens", "feature_injection", "velocity_blend", "mask_to_tokens")
-        if self.editor is None or not all(hasattr(self.editor, a) for a in needed):
-            name = getattr(self.editor, "name", type(self.editor).__name__)
-            raise CapabilityError(f"flux-guard needs a rectified-flow editor with invert/sample (flux-edit); "
-                                  f"{name!r} has none")
+        """Check the parts (before any weight loads), then load them (editor, face models, parser, LPIPS)."""
+        if self.editor is None:
+            raise CapabilityError("flux-guard needs an editor that samples under controls (flux-edit); none was given")
+        check_editor(self.name, self.needs_editor, getattr(self.editor, "name", type(self.editor).__name__),
+                     getattr(self.editor, "provides", ()))
         if self.config.adversarial and not self.face_models:
             raise CapabilityError("flux-guard needs at least one face model (--fr) for its adversarial stage")
         for model in self.face_models:
@@ -489,7 +288,7 @@ class FluxGuard:
     # ----------------------------------------------------------------------------- protect
     def protect(self, image: torch.Tensor, faces: Sequence[Face], prompt: str, *, source_prompt: str = "",
                 seed: int | None = None, target_embeddings: list[torch.Tensor] | None = None,
-                mask: torch.Tensor | None = None, controls: Sequence[Any] = ()) -> tuple[torch.Tensor, GuardReport]:
+                mask: torch.Tensor | None = None, controls: Sequence[Control] = ()) -> tuple[torch.Tensor, GuardReport]:
         """Edit ``image`` [1,3,H,W] in [0,1] (H, W multiples of 16) under ``prompt`` and protect its faces.
 
         ``faces``: found on ``image`` (their landmarks place the alignment crops). ``target_embeddings``:
@@ -533,8 +332,12 @@ class FluxGuard:
         device = clean.device
         with torch.no_grad():
             reference = self.embed(image.to(device), faces)
-        guard = LatentGuard(self, faces=faces, reference=reference, target=target_embeddings, clean=recorder,
-                            height=height, width=width)
+        def objective(images: torch.Tensor, clean_images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            """``(L_id, L_perc)`` for decoded images [1,3,H,W]; ``L_id`` averaged over faces and face models."""
+            l_id = self.identity_loss(images, faces, reference, target_embeddings)
+            return l_id, self.perceptual(images, clean_images).mean()
+
+        guard = LatentGuard(self.editor, cfg, objective=objective, clean=recorder, height=height, width=width)
         tokens = self.editor.sample_tokens(inversion, prompt, controls=[*trajectory, guard],
                                            guidance=cfg.guidance, seed=seed)
         with torch.no_grad():
@@ -544,16 +347,19 @@ class FluxGuard:
         return out.detach().to(image.device, image.dtype), report
 
 
-def protect(editor: Any, image: torch.Tensor, faces: Sequence[Face], prompt: str, *, source_prompt: str = "",
-            seed: int | None = None, face_models: Sequence[Any] = (), target_embeddings: list[torch.Tensor] | None = None,
-            mask: torch.Tensor | None = None, face_parser: Any = None, run: RunConfig | None = None,
+def protect(editor: SamplingEditor, image: torch.Tensor, faces: Sequence[Face], prompt: str, *,
+            source_prompt: str = "", seed: int | None = None, face_models: Sequence[Any] = (),
+            target_embeddings: list[torch.Tensor] | None = None, mask: torch.Tensor | None = None,
+            face_parser: Any = None, parts: Parts | None = None, run: RunConfig | None = None,
             **options: Any) -> tuple[torch.Tensor, GuardReport]:
-    """One-call form: ``FluxGuard(run, editor=..., face_models=..., face_parser=...(default landmarks),
-    **options).protect(image, faces, prompt, ...)``."""
+    """One-call form: ``FluxGuard(run, editor=..., face_models=..., face_parser=..., **options).protect(image,
+    faces, prompt, ...)``. Without ``face_parser`` and ``mask`` the ``landmarks`` parser is built by ``parts``
+    (an engine's, ``engine.parts``), so a disabled parser plugin stays disabled."""
     if face_parser is None and mask is None:
-        from guardkit.engine import Engine
-
-        face_parser = Engine().registry.get("face_parser", "landmarks").factory(run)
+        if parts is None:
+            raise CapabilityError("flux-guard needs a face parser, a mask, or an engine's parts (parts=engine.parts) "
+                                  "to build the landmarks parser")
+        face_parser = parts.build("face_parser", "landmarks", run or RunConfig())
     guard = FluxGuard(run, editor=editor, face_models=face_models, face_parser=face_parser, **options)
     return guard.protect(image, faces, prompt, source_prompt=source_prompt, seed=seed,
                          target_embeddings=target_embeddings, mask=mask)
@@ -563,4 +369,5 @@ def protect(editor: Any, image: torch.Tensor, faces: Sequence[Face], prompt: str
 def guardkit_register_edit_methods(register: Any) -> None:
     register("flux-guard", FluxGuard,
              summary="Flux-Guard: FLUX.1 text editing with trajectory control + latent adversarial "
-                     "optimisation against face recognition (dodging or impersonation)")
+                     "optimisation against face recognition (dodging or impersonation)",
+             weights=backbone_weights())

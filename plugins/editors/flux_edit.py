@@ -12,7 +12,7 @@ Flow for Inversion and Editing", arXiv 2411.04746)::
 
 ``solver="euler"`` takes first-order steps ``x_{t+dt} = x_t + dt * v`` instead.
 
-``sample`` calls small *controls* at each step (``Control``): ``FeatureInjection`` replaces the
+``sample`` calls small *controls* at each step (``guardkit.contracts.Control``): ``FeatureInjection`` replaces the
 single-stream blocks' attention values by those recorded during the inversion (early steps),
 ``VelocityBlend`` mixes the edit velocity with the inversion's under a token mask (middle steps), and a
 latent optimiser is a control that edits the latents in ``after_step`` (``decode_tokens`` is
@@ -29,37 +29,47 @@ Example::
     inv = editor.invert(photo, "a photo of a man")              # photo [1,3,512,512] in [0,1]
     out = editor.sample(inv, "a photo of a man with glasses",
                         controls=[FeatureInjection(3), VelocityBlend(mask_tokens, 5, 20)])
+
+This module is the editor part and its registration; the flow math (packing, schedule, solver step,
+``Inversion``) is in ``flux_flow``, the attention-value processor in ``flux_attention``, the controls in
+``flux_controls``, and the editor <-> control contract (``StepState``, ``Control``) in ``guardkit.contracts``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import (
-    Any,
-    ClassVar,
-    Literal,
-    Protocol,
-    runtime_checkable,
-)
+from typing import Any, ClassVar
 
 import torch
 from guardkit import hookimpl
 from guardkit.config import RunConfig, build_config
+from guardkit.contracts import SAMPLING, Control, StepState
 from guardkit.errors import ConfigError, WeightsError, first_line
 from guardkit.hub import HubSource, load_offline, quiet_library_logs
 from guardkit.vae import diffusers_load_kwargs
+from guardkit.weights import KnownWeight
 
-Solver = Literal["rf-solver", "euler"]
-#: tokens per side of one packed latent patch, and pixels per token side (VAE 8 x packing 2)
-PACK = 2
-PIXELS_PER_TOKEN = 16
+from .flux_attention import ValueProcessor
+from .flux_controls import FeatureInjection, VelocityBlend
+from .flux_flow import (
+    PIXELS_PER_TOKEN,
+    Inversion,
+    PromptEmbeds,
+    Solver,
+    feature_block_start,
+    flux_schedule,
+    latent_image_ids,
+    mask_to_tokens,
+    pack_latents,
+    solve_step,
+    unpack_latents,
+)
 
 
-# ================================================================================ config and data
+# ================================================================================ config
 @dataclass(frozen=True)
 class FluxEditConfig:
     """Options of ``flux-edit``.
@@ -99,279 +109,6 @@ class FluxEditConfig:
             raise ConfigError("flux-edit: feature_steps and feature_blocks_from must be >= 0")
 
 
-@dataclass(frozen=True)
-class PromptEmbeds:
-    """One prompt's text encodings: T5 tokens ``embeds`` [1,L,D], CLIP pooled ``pooled`` [1,P], ``text_ids`` [L,3]."""
-
-    embeds: torch.Tensor
-    pooled: torch.Tensor
-    text_ids: torch.Tensor
-
-
-@dataclass
-class Inversion:
-    """What ``invert`` keeps on the device for ``sample`` and its controls.
-
-    ``timesteps``: [steps+1], the *sampling* schedule 1 -> 0 (inversion runs it backwards: inversion step
-    ``i`` goes ``timesteps[steps-i] -> timesteps[steps-i-1]``). ``latents``: the photo's tokens at t=0
-    [B,N,64]; ``noise``: the tokens reached at t=1. ``velocities[i]``: ``v(x, t)`` at the start of
-    inversion step ``i``; ``mid_velocities[i]``: RF-Solver's midpoint velocity of that step (empty for
-    Euler). ``values[i]``: for recorded inversion steps, one ``{single block index: V [B,L,heads,head_dim]}``
-    per transformer evaluation of the step (start, midpoint). Sampling step ``j`` matches inversion step
-    ``matching(j) = steps - 1 - j``: they span the same interval in opposite directions. Velocities are
-    ``dx/dt`` in both directions, so they need no sign change: the sampler multiplies them by its
-    negative ``dt``.
-    """
-
-    noise: torch.Tensor
-    latents: torch.Tensor
-    timesteps: torch.Tensor
-    velocities: list[torch.Tensor]
-    mid_velocities: list[torch.Tensor]
-    values: dict[int, tuple[dict[int, torch.Tensor], ...]]
-    height: int
-    width: int
-    source_prompt: str
-    guidance: float
-    solver: Solver
-
-    @property
-    def steps(self) -> int:
-        return len(self.velocities)
-
-    def matching(self, sampling_index: int) -> int:
-        """The inversion step spanning the same interval as sampling step ``sampling_index``."""
-        return self.steps - 1 - sampling_index
-
-    def velocity(self, sampling_index: int, evaluation: int = 0) -> torch.Tensor:
-        """The inversion velocity matching sampling step ``sampling_index`` and ``evaluation`` (0 start, 1 midpoint)."""
-        k = self.matching(sampling_index)
-        return self.velocities[k] if evaluation == 0 else self.mid_velocities[k]
-
-
-@dataclass
-class StepState:
-    """One sampling step, as controls see it.
-
-    ``index`` runs 0..``num_steps``-1; the step goes from ``t`` to ``t_next`` (< t). ``latents`` are the
-    tokens at ``t`` [B,N,64] (float32). ``evaluation``: which transformer call ``after_velocity`` is seeing
-    (0: at ``t``; 1: RF-Solver's midpoint, at ``t_eval``). ``value_injection``: set by a control in
-    ``before_step`` to ``{block: V}`` dicts, one per evaluation, that replace the single-stream attention
-    values for this step. ``generator``: seeded from ``sample``'s seed, for controls that need randomness.
-    """
-
-    index: int
-    num_steps: int
-    t: float
-    t_next: float
-    inversion: Inversion
-    latents: torch.Tensor
-    editor: FluxEdit
-    evaluation: int = 0
-    t_eval: float = 0.0
-    value_injection: tuple[dict[int, torch.Tensor], ...] | None = None
-    generator: torch.Generator | None = None
-
-
-# ================================================================================ controls
-@runtime_checkable
-class Control(Protocol):
-    """Something ``FluxEdit.sample`` calls at every step; controls may keep state between calls.
-
-    Per step: ``before_step(state)``; then, for each transformer evaluation (two per RF-Solver step),
-    ``v = after_velocity(state, v)`` (``v``: the edit velocity ``dx/dt`` [B,N,64], float32); then
-    ``latents = after_step(state, latents)`` with the step's result. Several controls chain in order.
-    """
-
-    def before_step(self, state: StepState) -> None: ...
-
-    def after_velocity(self, state: StepState, v: torch.Tensor) -> torch.Tensor: ...
-
-    def after_step(self, state: StepState, latents: torch.Tensor) -> torch.Tensor: ...
-
-
-class ControlBase:
-    """No-op ``Control``: subclass and override what you need."""
-
-    def before_step(self, state: StepState) -> None:
-        return None
-
-    def after_velocity(self, state: StepState, v: torch.Tensor) -> torch.Tensor:
-        return v
-
-    def after_step(self, state: StepState, latents: torch.Tensor) -> torch.Tensor:
-        return latents
-
-
-class FeatureInjection(ControlBase):
-    """For the first ``steps`` sampling steps, the single-stream blocks' attention values V are replaced by
-    those recorded at the matching inversion step (``Inversion.matching``), evaluation by evaluation.
-    Needs an inversion that recorded them (``feature_steps >= steps``)."""
-
-    def __init__(self, steps: int) -> None:
-        if steps < 0:
-            raise ConfigError(f"FeatureInjection: steps must be >= 0, got {steps}")
-        self.steps = steps
-
-    def before_step(self, state: StepState) -> None:
-        if state.index >= self.steps:
-            return
-        k = state.inversion.matching(state.index)
-        if k not in state.inversion.values:
-            raise ConfigError(f"FeatureInjection({self.steps}): the inversion recorded attention values for "
-                              f"{len(state.inversion.values)} step(s) only; invert with feature_steps >= {self.steps}")
-        state.value_injection = state.inversion.values[k]
-
-
-class VelocityBlend(ControlBase):
-    """For sampling steps ``start <= index < stop``: ``v = M * v_edit + (1 - M) * v_inversion``.
-
-    ``mask_tokens`` [1 or B, N, 1] in [0,1] (1: edit here; see ``mask_to_tokens``). ``v_inversion`` is the
-    velocity of the matching inversion step and evaluation (``Inversion.velocity``), used with its sign as
-    recorded: both are ``dx/dt``, and the sampler's negative ``dt`` walks the inversion's path backwards, so
-    an all-zero mask retraces the inversion back to the photo.
-    """
-
-    def __init__(self, mask_tokens: torch.Tensor, start: int, stop: int) -> None:
-        if mask_tokens.ndim != 3 or mask_tokens.shape[-1] != 1:
-            raise ConfigError(f"VelocityBlend: mask_tokens must be [B,N,1], got {tuple(mask_tokens.shape)}")
-        self.mask = mask_tokens
-        self.start, self.stop = start, stop
-
-    def after_velocity(self, state: StepState, v: torch.Tensor) -> torch.Tensor:
-        if not self.start <= state.index < self.stop:
-            return v
-        v_inv = state.inversion.velocity(state.index, state.evaluation)
-        if v_inv.shape != v.shape:
-            raise ConfigError(f"VelocityBlend: inversion velocity {tuple(v_inv.shape)} does not match {tuple(v.shape)}")
-        m = self.mask.to(device=v.device, dtype=v.dtype)
-        return m * v + (1 - m) * v_inv.to(v.dtype)
-
-
-#: FLUX.1-dev's first injected single-stream block and its number of them (RF-Solver-Edit, Flux-Guard)
-FLUX_DEV_FIRST_BLOCK, FLUX_DEV_SINGLE_BLOCKS = 20, 38
-
-
-def feature_block_start(blocks: int) -> int:
-    """The first single-stream block whose values are injected, at the same relative depth as the
-    released code's 20 of FLUX.1-dev's 38 (20 for 38 blocks), and never past the last block."""
-    return max(0, min(blocks - 1, round(blocks * FLUX_DEV_FIRST_BLOCK / FLUX_DEV_SINGLE_BLOCKS)))
-
-
-def mask_to_tokens(mask: torch.Tensor) -> torch.Tensor:
-    """An image mask [B,1,H,W] in [0,1] -> token mask [B,N,1] (average over each token's 16x16 pixels)."""
-    if mask.ndim != 4 or mask.shape[1] != 1:
-        raise ConfigError(f"mask_to_tokens expects [B,1,H,W], got {tuple(mask.shape)}")
-    h, w = mask.shape[-2:]
-    if h % PIXELS_PER_TOKEN or w % PIXELS_PER_TOKEN:
-        raise ConfigError(f"mask_to_tokens: H and W must be multiples of {PIXELS_PER_TOKEN}, got {h}x{w}")
-    pooled = torch.nn.functional.avg_pool2d(mask.float(), PIXELS_PER_TOKEN)
-    return pooled.flatten(2).transpose(1, 2)
-
-
-# ================================================================================ packing
-def pack_latents(z: torch.Tensor) -> torch.Tensor:
-    """VAE latents [B,C,h,w] (h, w even) -> tokens [B,(h/2)*(w/2),4C], as ``FluxPipeline._pack_latents``."""
-    b, c, h, w = z.shape
-    z = z.view(b, c, h // PACK, PACK, w // PACK, PACK).permute(0, 2, 4, 1, 3, 5)
-    return z.reshape(b, (h // PACK) * (w // PACK), c * PACK * PACK)
-
-
-def unpack_latents(tokens: torch.Tensor, latent_height: int, latent_width: int) -> torch.Tensor:
-    """Tokens [B,N,4C] -> VAE latents [B,C,latent_height,latent_width]; the inverse of ``pack_latents``."""
-    b, n, c4 = tokens.shape
-    hh, ww = latent_height // PACK, latent_width // PACK
-    if hh * ww != n:
-        raise ConfigError(f"unpack_latents: {n} tokens do not fill a {latent_height}x{latent_width} latent")
-    z = tokens.view(b, hh, ww, c4 // (PACK * PACK), PACK, PACK).permute(0, 3, 1, 4, 2, 5)
-    return z.reshape(b, c4 // (PACK * PACK), latent_height, latent_width)
-
-
-def latent_image_ids(latent_height: int, latent_width: int, device: Any, dtype: torch.dtype) -> torch.Tensor:
-    """Position ids [N,3] of the packed tokens (as ``FluxPipeline._prepare_latent_image_ids``)."""
-    hh, ww = latent_height // PACK, latent_width // PACK
-    ids = torch.zeros(hh, ww, 3)
-    ids[..., 1] = torch.arange(hh)[:, None]
-    ids[..., 2] = torch.arange(ww)[None, :]
-    return ids.reshape(hh * ww, 3).to(device=device, dtype=dtype)
-
-
-def flux_schedule(steps: int, image_seq_len: int, scheduler_config: Any = None) -> torch.Tensor:
-    """The sampling schedule [steps+1] from 1 to 0, shifted as ``FluxPipeline`` shifts it.
-
-    ``sigmas = linspace(1, 0, steps+1)``; with dynamic shifting (FLUX.1) ``mu = calculate_shift(image_seq_len)``
-    (linear from ``base_shift`` at ``base_image_seq_len`` tokens to ``max_shift`` at ``max_image_seq_len``)
-    and ``sigma' = e^mu / (e^mu + 1/sigma - 1)``; otherwise the scheduler's static ``shift``.
-    """
-    cfg = scheduler_config if scheduler_config is not None else {}
-    get = cfg.get if hasattr(cfg, "get") else (lambda k, d=None: getattr(cfg, k, d))
-    sigmas = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
-    inner = sigmas[:-1]
-    if get("use_dynamic_shifting", True):
-        base_len, max_len = get("base_image_seq_len", 256), get("max_image_seq_len", 4096)
-        base_shift, max_shift = get("base_shift", 0.5), get("max_shift", 1.15)
-        m = (max_shift - base_shift) / (max_len - base_len)
-        mu = image_seq_len * m + (base_shift - m * base_len)
-        if get("time_shift_type", "exponential") == "linear":
-            inner = mu / (mu + (1 / inner - 1))
-        else:
-            inner = math.exp(mu) / (math.exp(mu) + (1 / inner - 1))
-    else:
-        shift = get("shift", 1.0)
-        inner = shift * inner / (1 + (shift - 1) * inner)
-    return torch.cat([inner, sigmas[-1:]]).float()
-
-
-# ================================================================================ attention values
-class ValueProcessor:
-    """Attention processor for a single-stream block's ``attn`` that can record or replace V.
-
-    It computes what diffusers' ``FluxAttnProcessor`` computes for a single-stream block (no separate
-    text stream, no output projection), with V exposed between the projection and the attention:
-    ``record`` (a dict) receives ``V.detach().clone()`` under ``index``; ``inject`` (a tensor), when set,
-    replaces V; ``observer(index, V)`` sees the V actually used. Anything else is delegated to ``inner``.
-    """
-
-    def __init__(self, index: int, inner: Any) -> None:
-        self.index = index
-        self.inner = inner
-        self.record: dict[int, torch.Tensor] | None = None
-        self.inject: torch.Tensor | None = None
-        self.observer: Callable[[int, torch.Tensor], None] | None = None
-
-    def __call__(self, attn: Any, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
-                 attention_mask: torch.Tensor | None = None,
-                 image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-        if encoder_hidden_states is not None or not getattr(attn, "pre_only", False):
-            return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
-        from diffusers.models.attention_dispatch import dispatch_attention_fn
-        from diffusers.models.embeddings import apply_rotary_emb
-
-        if getattr(attn, "fused_projections", False):
-            query, key, value = attn.to_qkv(hidden_states).chunk(3, dim=-1)
-        else:
-            query, key, value = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
-        query = attn.norm_q(query.unflatten(-1, (-1, attn.head_dim)))
-        key = attn.norm_k(key.unflatten(-1, (-1, attn.head_dim)))
-        value = value.unflatten(-1, (-1, attn.head_dim))
-        if self.record is not None:
-            self.record[self.index] = value.detach().clone()
-        if self.inject is not None:
-            if self.inject.shape != value.shape:
-                raise ConfigError(f"flux-edit: recorded attention values {tuple(self.inject.shape)} do not match "
-                                  f"{tuple(value.shape)} (same image size and max_sequence_length needed)")
-            value = self.inject.to(device=value.device, dtype=value.dtype)
-        if self.observer is not None:
-            self.observer(self.index, value)
-        if image_rotary_emb is not None:
-            query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
-            key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
-        out = dispatch_attention_fn(query, key, value, attn_mask=attention_mask,
-                                    backend=getattr(self.inner, "_attention_backend", None),
-                                    parallel_config=getattr(self.inner, "_parallel_config", None))
-        return out.flatten(2, 3).to(query.dtype)
-
-
 # ================================================================================ the editor
 class FluxEdit:
     """Rectified-flow editing with FLUX.1: ``invert`` a photo, ``sample`` it back under an edit prompt with
@@ -379,6 +116,7 @@ class FluxEdit:
 
     name: ClassVar[str] = "flux-edit"
     differentiable: ClassVar[bool] = False  # the sampler is not; ``decode_tokens`` is
+    provides: ClassVar[tuple[str, ...]] = (SAMPLING,)  # a ``guardkit.contracts.SamplingEditor``
     HUB_ID: ClassVar[str] = "black-forest-labs/FLUX.1-dev"
     REVISION: ClassVar[str] = "main"
 
@@ -522,17 +260,6 @@ class FluxEdit:
             for proc in self.processors.values():
                 proc.record, proc.inject = None, None
 
-    def _solve_step(self, x: torch.Tensor, t: float, t_next: float, solver: Solver,
-                    v_at: Callable[[torch.Tensor, float, int], torch.Tensor]) -> torch.Tensor:
-        """One step of ``solver`` from ``t`` to ``t_next``; ``v_at(x, t, evaluation)`` gives the velocity."""
-        dt = t_next - t
-        v = v_at(x, t, 0)
-        if solver == "euler":
-            return x + dt * v
-        v_mid = v_at(x + 0.5 * dt * v, t + 0.5 * dt, 1)
-        dv_dt = (v_mid - v) / (0.5 * dt)
-        return x + dt * v + 0.5 * dt ** 2 * dv_dt
-
     def _inversion_velocity(self, prompt: PromptEmbeds, guidance: float, img_ids: torch.Tensor,
                             velocities: list[torch.Tensor], mids: list[torch.Tensor],
                             recorded: list[dict[int, torch.Tensor]] | None,
@@ -585,7 +312,7 @@ class FluxEdit:
             recorded: list[dict[int, torch.Tensor]] | None = (
                 [] if i >= steps - feature_steps and self.processors else None)
             v_at = functools.partial(self._inversion_velocity, prompt, guidance, img_ids, velocities, mids, recorded)
-            x = self._solve_step(x, t, t_next, solver, v_at)
+            x = solve_step(x, t, t_next, solver, v_at)
             if recorded is not None:
                 values[i] = tuple(recorded)
         return Inversion(noise=x, latents=start, timesteps=schedule, velocities=velocities, mid_velocities=mids,
@@ -610,7 +337,7 @@ class FluxEdit:
                 c.before_step(state)
 
             v_at = functools.partial(self._sampling_velocity, state, embeds, guidance, img_ids, controls)
-            x = self._solve_step(x, state.t, state.t_next, inversion.solver, v_at)
+            x = solve_step(x, state.t, state.t_next, inversion.solver, v_at)
             for c in controls:
                 x = c.after_step(state, x)
         return x
@@ -631,11 +358,11 @@ class FluxEdit:
     # Editing methods (Flux-Guard) get the trajectory controls from the editor they are given, so they
     # depend on the editor's contract, not on this module.
     @staticmethod
-    def feature_injection(steps: int) -> "FeatureInjection":
+    def feature_injection(steps: int) -> FeatureInjection:
         return FeatureInjection(steps)
 
     @staticmethod
-    def velocity_blend(mask_tokens: torch.Tensor, start: int, stop: int) -> "VelocityBlend":
+    def velocity_blend(mask_tokens: torch.Tensor, start: int, stop: int) -> VelocityBlend:
         return VelocityBlend(mask_tokens, start, stop)
 
     @staticmethod
@@ -661,4 +388,6 @@ def _dtype_kwarg(dtype: torch.dtype) -> dict[str, torch.dtype]:
 
 @hookimpl
 def guardkit_register_editors(register):
-    register("flux-edit", FluxEdit, summary="FLUX.1-dev rectified-flow inversion + editing (RF-Solver; local weights)")
+    register("flux-edit", FluxEdit, summary="FLUX.1-dev rectified-flow inversion + editing (RF-Solver; local weights)",
+             weights=(KnownWeight.hub(FluxEdit.HUB_ID,
+                                      note=f"accept the licence at https://huggingface.co/{FluxEdit.HUB_ID}"),))

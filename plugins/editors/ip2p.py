@@ -38,6 +38,7 @@ from guardkit.config import RunConfig, build_config
 from guardkit.errors import ConfigError, WeightsError
 from guardkit.hub import HubSource, load_offline, quiet_library_logs
 from guardkit.vae import diffusers_load_kwargs
+from guardkit.weights import KnownWeight
 
 
 @dataclass(frozen=True)
@@ -153,4 +154,5 @@ class InstructPix2Pix:
 @hookimpl
 def guardkit_register_editors(register):
     register("ip2p", InstructPix2Pix, summary="InstructPix2Pix (timbrooks/instruct-pix2pix), FaceLock's editing "
-                                              "protocol: 512 px, 50 steps, guidance 7.5 / image 1.5 (local weights)")
+                                              "protocol: 512 px, 50 steps, guidance 7.5 / image 1.5 (local weights)",
+             weights=(KnownWeight.hub(InstructPix2Pix.HUB_ID),))

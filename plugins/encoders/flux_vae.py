@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 
 from guardkit import hookimpl
 from guardkit.vae import DiffusersVAE, VAEConfig
+from guardkit.weights import KnownWeight
 
 FluxVAEConfig = VAEConfig
 
@@ -29,4 +30,6 @@ class FluxVAE(DiffusersVAE):
 
 @hookimpl
 def guardkit_register_encoders(register):
-    register("flux", FluxVAE, summary="FLUX.1 16-channel VAE (local weights)")
+    register("flux", FluxVAE, summary="FLUX.1 16-channel VAE (local weights)",
+             weights=(KnownWeight.hub(FluxVAE.HUB_ID,
+                                      note=f"accept the licence at https://huggingface.co/{FluxVAE.HUB_ID}"),))

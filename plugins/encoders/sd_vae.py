@@ -10,6 +10,7 @@ from typing import ClassVar
 
 from guardkit import hookimpl
 from guardkit.vae import DiffusersVAE, VAEConfig
+from guardkit.weights import KnownWeight
 
 SDVAEConfig = VAEConfig
 
@@ -27,4 +28,4 @@ class SDVAE(DiffusersVAE):
 @hookimpl
 def guardkit_register_encoders(register):
     register("sd-vae", SDVAE, summary="Stable Diffusion 1.x/2.x VAE as in InstructPix2Pix, 4 latent channels "
-                                      "(local weights)")
+                                      "(local weights)", weights=(KnownWeight.hub(SDVAE.HUB_ID),))

@@ -16,7 +16,7 @@ from guardkit import hookimpl
 from guardkit.config import RunConfig
 from guardkit.errors import WeightsError
 from guardkit.types import Face, LandmarkScheme
-from guardkit.weights import DLIB_MMOD, DLIB_SHAPE5, locate_dlib_file
+from guardkit.weights import DLIB_MMOD, DLIB_SHAPE5, KnownWeight, locate_dlib_file
 
 
 @dataclass(frozen=True)
@@ -71,4 +71,5 @@ class DlibFaceFinder:
 
 @hookimpl
 def guardkit_register_face_finders(register):
-    register("dlib", DlibFaceFinder, summary="dlib HOG (MMOD fallback) detector + 5-point landmarks (CC0, offline)")
+    register("dlib", DlibFaceFinder, summary="dlib HOG (MMOD fallback) detector + 5-point landmarks (CC0, offline)",
+             weights=(KnownWeight.of(DLIB_SHAPE5, "dlib"), KnownWeight.of(DLIB_MMOD, "dlib", role="fallback")))

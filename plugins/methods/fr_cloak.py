@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar, Mapping, Sequence
 
 import torch
@@ -33,12 +34,15 @@ import torch.nn.functional as F
 
 from guardkit import hookimpl
 from guardkit.attack import combine
+from guardkit.cloak import choose_faces, place
+from guardkit.cloak_file import load_cloak
 from guardkit.config import Budget, RunConfig, build_config
 from guardkit.ensemble import Member
 from guardkit.eot import parse_eot, random_purification
 from guardkit.geometry import jitter_chips, jitter_faces, shift_face
 from guardkit.strength import Strength
-from guardkit.transfer import transfer_pgd
+from guardkit.enroll import same_face
+from guardkit.transfer import fit_quantized, transfer_pgd
 from guardkit.types import Face, FaceModel, WeightedLoss
 from guardkit.view import View
 from guardkit.visibility import l2_cap, texture_bound
@@ -62,7 +66,12 @@ class FrCloakConfig:
     ``decoy``: weight of a pull towards a random direction of each model's embedding space, drawn per face
     from the photo's own pixels and the seed: two photos of one person are pushed apart from each other,
     not only from the person (unlinkability, Fawkes #95); 0 = none.
-    ``eot``: photo-level purifications drawn on every ``eot_every``-th step (``guardkit.eot``)."""
+    ``eot``: photo-level purifications drawn on every ``eot_every``-th step (``guardkit.eot``).
+    With a personal cloak (option ``cloak``: a ``.cloak`` file or a ``guardkit.cloak.Cloak``; ``guardkit run
+    --cloak me.cloak --refine N``), the optimisation starts from the cloak put on the ``cloak_face`` faces
+    (largest, all or N) and refines them; ``others``: ``protect`` also optimises every other face of the
+    photo, ``skip`` leaves those faces alone; ``refine_cloaked`` false leaves the cloaked faces as the cloak made
+    them (only the others are optimised)."""
 
     eot_draws: int = 4
     model_draws: str = "facenet=1"
@@ -80,6 +89,9 @@ class FrCloakConfig:
     decoy: float = 0.5
     eot: str = "jpeg"
     eot_every: int = 2
+    cloak_face: str = "largest"
+    others: str = "protect"
+    refine_cloaked: bool = True
 
 
 class FrCloak:
@@ -122,7 +134,13 @@ class FrCloak:
         if isinstance(target_embeddings, torch.Tensor):
             target_embeddings = {self.members[0].name: target_embeddings}
         self.targets = dict(target_embeddings or {})
+        cloak = options.pop("cloak", None)
         self.config = build_config(FrCloakConfig, options)
+        if self.config.others not in ("protect", "skip"):
+            raise ValueError(f"others must be protect or skip, got {self.config.others!r}")
+        self.cloak = load_cloak(cloak) if isinstance(cloak, (str, Path)) else cloak
+        if self.cloak is not None:
+            choose_faces([], self.config.cloak_face)  # a bad choice fails before any photo
 
     @property
     def face_model(self) -> FaceModel:
@@ -130,11 +148,40 @@ class FrCloak:
         return self.members[0].model
 
     def protect(self, images: torch.Tensor, faces: Sequence[Face], budget: Budget) -> torch.Tensor:
+        if self.cloak is None:
+            return self._optimise(images, images, faces, budget)
+        start, chosen = self._cloak_start(images, faces)
+        cloaked = [f for f in faces if any(f.image_index == c.image_index and same_face(c, [f]) for c in chosen)]
+        wanted = (cloaked if self.config.refine_cloaked else []) + \
+            ([f for f in faces if f not in cloaked] if self.config.others == "protect" else [])
+        out = self._optimise(images, start, wanted, budget) if wanted and budget.steps > 0 else start
+        delta = (out - images).clamp(-budget.eps, budget.eps)
+        if self.cloak.psnr_floor > 0:
+            cap = l2_cap(self.cloak.psnr_floor, images[0].numel())
+            return fit_quantized(images, delta, torch.full((images.shape[0],), cap, device=images.device))
+        return images + delta
+
+    def _cloak_start(self, images: torch.Tensor, faces: Sequence[Face]) -> tuple[torch.Tensor, list[Face]]:
+        """The photos with the cloak put on their ``cloak_face`` faces (found by the cloak's own finder), and
+        those faces."""
+        cloak = self.cloak
+        finder = cloak.finder if any(f.finder == cloak.finder for f in faces) else self.members[0].finder
+        start, chosen = images.clone(), []  # without the cloak's finder in the run: the first model's faces
+        for index in range(images.shape[0]):
+            own = [f for f in faces if f.image_index == index and (not f.finder or f.finder == finder)]
+            picked = choose_faces(own, self.config.cloak_face)
+            if picked:
+                start[index] = (images[index] + place(cloak, images[index].float(), picked)).clamp(0, 1)
+            chosen += picked
+        return start, chosen
+
+    def _optimise(self, images: torch.Tensor, start: torch.Tensor, faces: Sequence[Face], budget: Budget) -> torch.Tensor:
+        """The cloak of ``faces``: references read from the clean ``images``, the optimisation starts at ``start``."""
         cfg = self.config
         seen = [(m, m.faces(faces)) for m in self.members]
         seen = [(m, fs) for m, fs in seen if fs]
         if not seen:
-            return images.clone()
+            return start.clone()
         all_faces = [f for _, fs in seen for f in fs]
         x0, y0, x1, y1, mask = surroundings(images, all_faces, cfg.surround)
         region = images[:, :, y0:y1, x0:x1]
@@ -180,11 +227,12 @@ class FrCloak:
         l2 = None
         if cfg.psnr_floor > 0:
             l2 = torch.full((images.shape[0],), l2_cap(cfg.psnr_floor, images[0].numel()), device=images.device)
-        protected = transfer_pgd(region, objective, bound=bound, steps=budget.steps, generator=generator, l2=l2,
+        origin = start[:, :, y0:y1, x0:x1]
+        protected = transfer_pgd(origin, objective, bound=bound, steps=budget.steps, generator=generator, l2=l2,
                                  step_size=(budget.step_size / budget.eps) if budget.step_size else cfg.step_fraction,
                                  momentum=cfg.momentum, smooth_sigma=cfg.smooth * side,
-                                 random_start=budget.random_start)
-        out = images.clone()
+                                 random_start=budget.random_start and start is images)
+        out = start.clone()
         out[:, :, y0:y1, x0:x1] = protected
         return out
 

@@ -39,7 +39,7 @@ from guardkit.hub import quiet_library_logs
 from guardkit.errors import ConfigError, WeightsError
 from guardkit.types import EvalBatch
 from guardkit.errors import first_line
-from guardkit.weights import hf_cache_dir
+from guardkit.weights import KnownWeight, hf_cache_dir
 
 DEFAULT_MODEL_ID = "openai/clip-vit-base-patch32"  # FaceLock's evaluation/eval_clip_{s,i}.py
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -220,5 +220,7 @@ class ClipImage(_ClipMetric):
 @hookimpl
 def guardkit_register_metrics(register: Any) -> None:
     register("clip-s", ClipDirectional,
-             summary="directional CLIP: cos(E(edited) - E(source), E(prompt)); lower = stronger protection")
-    register("clip-i", ClipImage, summary="CLIP image similarity cos(E(edited), E(source)); lower = stronger protection")
+             summary="directional CLIP: cos(E(edited) - E(source), E(prompt)); lower = stronger protection",
+             weights=(KnownWeight.hub(DEFAULT_MODEL_ID),))
+    register("clip-i", ClipImage, summary="CLIP image similarity cos(E(edited), E(source)); lower = stronger protection",
+             weights=(KnownWeight.hub(DEFAULT_MODEL_ID),))

@@ -26,10 +26,13 @@ Options of all three: ``model`` (a registered face-model name, default ``dlib``)
 already built instance, which wins; ``model`` then names it for the threshold tables); ``redetect``
 (default true), ``finder`` (face finder name, default the model's ``default_finder`` or dlib) or
 ``face_finder`` (an instance). ``asr`` also takes ``threshold`` (own metric), ``far`` and ``target``.
+Parts given by name are built by ``parts`` (``guardkit.contracts.Parts``), which the engine that builds
+the metric hands it (``needs_parts``), so they come from that engine's registry; a metric built without
+an engine needs its parts as instances.
 
 Example::
 
-    fr = FaceSimilarity(RunConfig(), model="dlib"); fr.load()
+    fr = engine.build_part("metric", "fr", RunConfig(), model="dlib"); fr.load()
     fr.score(EvalBatch(source=x, protected=p, edited=e, edited_clean=ec, prompt="...", faces=faces))
     AttackSuccess(RunConfig(), model="ir152", far=0.01)     # the protocol's headline column
 """
@@ -37,19 +40,18 @@ Example::
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar
-
 from dataclasses import replace
 from pathlib import Path
-from typing import Sequence
+from typing import Any, ClassVar, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from guardkit import hookimpl
 from guardkit.config import RunConfig
+from guardkit.contracts import Parts
 from guardkit.ensemble import finder_of
-from guardkit.errors import ConfigError, NoFaceError
+from guardkit.errors import CapabilityError, ConfigError, NoFaceError
 from guardkit.types import EvalBatch, Face
 
 DEFAULT_FACE_MODEL = "dlib"
@@ -96,18 +98,6 @@ def far_threshold(model_name: str, face_model: Any, far: float) -> float:
                       f"only, not at {far:g}")
 
 
-def build_part(run: RunConfig, kind: str, name: str) -> Any:
-    """A part from the registry by ``name`` (built, not loaded)."""
-    from guardkit.engine import Engine
-
-    return Engine().registry.get(kind, name).factory(run)
-
-
-def build_face_model(run: RunConfig, name: str) -> Any:
-    """A face model from the registry by ``name`` (built, not loaded)."""
-    return build_part(run, "face_model", name)
-
-
 def _centre(face: Face) -> np.ndarray:
     return np.asarray(face.landmarks, dtype=np.float64).mean(axis=0)
 
@@ -126,13 +116,17 @@ class FaceSimilarity:
 
     higher_is_better: ClassVar[bool] = False
     name: ClassVar[str] = "fr"
+    scores_faces: ClassVar[bool] = True  # one column per face model (options face_model, model, redetect, face_finder)
+    needs_parts: ClassVar[bool] = True  # builds its face model / finder by name through the engine's ``Parts``
 
     def __init__(self, run: RunConfig | None = None, face_model: Any = None, model: str = DEFAULT_FACE_MODEL,
-                 redetect: bool = True, finder: str | None = None, face_finder: Any = None, **options: Any) -> None:
+                 redetect: bool = True, finder: str | None = None, face_finder: Any = None,
+                 parts: Parts | None = None, **options: Any) -> None:
         if options:
             raise ConfigError(f"metric {self.name!r}: unknown option(s) {', '.join(sorted(options))}; "
                               f"known: face_model, model, redetect, finder, face_finder{self._extra_options()}")
         self.run = run or RunConfig()
+        self.parts = parts
         self.model_name = model
         self.face_model = face_model
         self.redetect = str(redetect).lower() not in ("false", "0", "no", "off")
@@ -143,6 +137,14 @@ class FaceSimilarity:
 
     def _extra_options(self) -> str:
         return ""
+
+    def _build(self, kind: str, name: str) -> Any:
+        """The part ``name`` of ``kind`` from the engine's ``parts`` (built, not loaded)."""
+        if self.parts is None:
+            raise CapabilityError(f"metric {self.name!r} builds its {kind.replace('_', ' ')} {name!r} by name, which "
+                                  f"needs an engine: build the metric with engine.build_part(\"metric\", "
+                                  f"{self.name!r}, run, ...), or give {kind}= as an instance")
+        return self.parts.build(kind, name, self.run)
 
     @property
     def alignment(self) -> str:
@@ -155,11 +157,11 @@ class FaceSimilarity:
 
     def load(self) -> None:
         if self.face_model is None:
-            self.face_model = build_face_model(self.run, self.model_name)
+            self.face_model = self._build("face_model", self.model_name)
         self.face_model.load()
         if self.redetect and self.face_finder is None:
             self.finder_name = self.finder_name or finder_of(self.face_model)
-            self.face_finder = build_part(self.run, "face_finder", self.finder_name)
+            self.face_finder = self._build("face_finder", self.finder_name)
         if self.face_finder is not None:
             self.face_finder.load()
             schemes = getattr(self.face_model, "schemes", None)
@@ -243,6 +245,8 @@ class AttackSuccess(FaceDistance):
 
     higher_is_better: ClassVar[bool] = True
     name: ClassVar[str] = "asr"
+    scores_at_far: ClassVar[bool] = True  # takes far=: scored at each false-accept rate of the run too
+    scores_impersonation: ClassVar[bool] = True  # takes target=: impersonation columns with a target identity
 
     def __init__(self, run: RunConfig | None = None, face_model: Any = None, model: str = DEFAULT_FACE_MODEL,
                  threshold: float | None = None, far: float | None = None,
@@ -286,7 +290,7 @@ class AttackSuccess(FaceDistance):
         image = load_rgb(Path(target)) if isinstance(target, (str, Path)) else np.asarray(target)
         finder = self.face_finder
         if finder is None:
-            finder = build_part(self.run, "face_finder", finder_of(self.face_model))
+            finder = self._build("face_finder", finder_of(self.face_model))
             finder.load()
         faces = finder.find(image)
         if not faces:

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from guardkit import hookimpl
 from guardkit.config import RunConfig
 from guardkit.errors import ConfigError
-from guardkit.lpips import BACKBONES, LPIPS
+from guardkit.lpips import BACKBONES, LPIPS, backbone_weights
 from guardkit.types import EvalBatch
 
 SSIM_KERNEL = 11
@@ -181,6 +181,7 @@ class LpipsMetric:
 def guardkit_register_metrics(register: Any) -> None:
     register("psnr", Psnr, summary="PSNR(edited, edited_clean) dB, data range 1; lower = stronger protection")
     register("ssim", Ssim, summary="SSIM(edited, edited_clean), torchmetrics settings; lower = stronger protection")
-    register("lpips", LpipsMetric, summary="LPIPS(edited, edited_clean), vgg by default; higher = stronger protection")
+    register("lpips", LpipsMetric, summary="LPIPS(edited, edited_clean), vgg by default; higher = stronger protection",
+             weights=backbone_weights())
     register("protected-psnr", ProtectedPsnr,
              summary="PSNR(protected, source) dB: visible cost of the protection; higher = better quality")

@@ -35,9 +35,10 @@ import torch.nn.functional as F
 from guardkit import hookimpl
 from guardkit.config import RunConfig, build_config
 from guardkit.hub import quiet_library_logs
+from guardkit.specs import Shorthand
 from guardkit.errors import ConfigError, WeightsError
 from guardkit.errors import first_line
-from guardkit.weights import hf_cache_dir
+from guardkit.weights import KnownWeight, hf_cache_dir
 from guardkit.vae import diffusers_load_kwargs
 
 SAMPLERS = ("ddpm", "ddim")
@@ -70,6 +71,7 @@ class DiffPure:
 
     name: ClassVar[str] = "diffpure"
     differentiable: ClassVar[bool] = False
+    shorthand: ClassVar[Shorthand] = Shorthand("t", 100)  # diffpure10: t=0.1
     HUB_ID: ClassVar[str] = "google/ddpm-celebahq-256"
 
     def __init__(self, run: RunConfig | None = None, **options: Any) -> None:
@@ -226,4 +228,5 @@ class DiffPure:
 @hookimpl
 def guardkit_register_purifiers(register):
     register("diffpure", DiffPure, summary="DiffPure: diffuse to t=0.1 and denoise with DDPM "
-                                           "google/ddpm-celebahq-256 (local weights)")
+                                           "google/ddpm-celebahq-256 (local weights)",
+             weights=(KnownWeight.hub(DiffPure.HUB_ID),))

@@ -6,6 +6,9 @@ guardkit calls the hooks below when it builds its registry.
 - loss ``example-tv``: total variation of the perturbation (a smoothness cost, minimised).
 - method ``example-smooth-noise``: PGD that minimises ``example-tv`` from a random start, i.e. smooth
   random noise inside the budget. It needs no face model (a demonstration, not a protection).
+- purifier ``example-sharpen`` (``sharpen.py``): a part with a weight file of its own, declared at
+  registration so that ``guardkit models`` lists and verifies it, and a number shorthand
+  (``example-sharpen5``).
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import torch
 
 from guardkit import hookimpl
 from guardkit.attack import combine, pgd
+
+from .sharpen import SHARPEN_KERNEL, Sharpen
 
 
 class PerturbationTV:
@@ -59,3 +64,9 @@ def guardkit_register_losses(register):
 @hookimpl
 def guardkit_register_methods(register):
     register("example-smooth-noise", SmoothNoise, summary="smooth random noise in the budget (example plugin)")
+
+
+@hookimpl
+def guardkit_register_purifiers(register):
+    register("example-sharpen", Sharpen, summary="3x3 sharpening from a shipped kernel file (example plugin)",
+             weights=(SHARPEN_KERNEL,))
