@@ -8,7 +8,7 @@ the ratio. Judges: ``judge_dlib.py`` (dlib's C++ pipeline) and ``judge_facenet.p
 where its environment exists), against another clean photo of the person and between protected photos.
 
     python benchmarks/cloak.py [--enrol obama.jpg,obama_small.jpg,two_people.jpg] [--held obama2.jpg]
-                               [--strength mid] [--steps N] [--variants K] [--out DIR] [--repeats 5]
+                               [--strength mid] [--steps N] [--variants K] [--out DIR] [--repeats 5] [--cloak me.cloak]
 """
 
 from __future__ import annotations
@@ -82,6 +82,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--no-timing", action="store_true")
+    parser.add_argument("--cloak", type=Path, default=None, help="time and judge this cloak instead of enrolling")
     parser.add_argument("--judge-python", type=Path, default=DEFAULT_JUDGE_PYTHON)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -92,10 +93,13 @@ def main() -> int:
     enrol = [FACES / name for name in args.enrol.split(",")]
     held = [FACES / name for name in args.held.split(",")]
     started = time.perf_counter()
-    result = engine.enroll(enrol, output=out / "me.cloak", strength=args.strength, steps=args.steps,
-                           variants=args.variants, run=RunConfig(threads=args.threads), resume=False)
-    print(f"enrolled on {', '.join(p.name for p in result.used)} in {time.perf_counter() - started:.0f} s "
-          f"({args.threads} threads, models loaded inside)", flush=True)
+    if args.cloak is not None:
+        shutil.copy(args.cloak, out / "me.cloak")
+    else:
+        result = engine.enroll(enrol, output=out / "me.cloak", strength=args.strength, steps=args.steps,
+                               variants=args.variants, run=RunConfig(threads=args.threads), resume=False)
+        print(f"enrolled on {', '.join(p.name for p in result.used)} in {time.perf_counter() - started:.0f} s "
+              f"({args.threads} threads, models loaded inside)", flush=True)
     protected = engine.protect(held + enrol, cloak=out / "me.cloak", output_dir=out / "protected")
     for p in protected.photos:
         print(f"{p.source.name:16} {p.status:9} PSNR {p.psnr:5.1f} L-inf {p.linf * 255:.0f}/255 {p.note}")

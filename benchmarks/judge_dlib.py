@@ -22,7 +22,9 @@ import dlib
 import numpy as np
 from PIL import Image
 
-from guardkit.weights import DLIB_MMOD, DLIB_RESNET, DLIB_SHAPE5, locate_dlib_file
+from guardkit.plugins.face_finders.dlib_finder import DLIB_MMOD, DLIB_SHAPE5
+from guardkit.plugins.face_models.dlib_resnet import DLIB_RESNET
+from guardkit.weights import locate_dlib_file
 
 # (probe file, reference file, which face of the reference: "largest" or "smallest"); a probe with two
 # people is judged once per person, each against a photo of that person

@@ -131,7 +131,7 @@ class BenchRow:
         return asdict(self)
 
 
-def protect_bench(photo: str | Path, *, engine: Engine | None = None, method: str = "fr-cloak",
+def protect_bench(photo: str | Path, *, engine: Engine | None = None, method: str | None = None,
                   face_model: str | Sequence[str] | None = None, strength: str | None = None,
                   steps: int | None = None, device: str = "cpu", threads: int | None = None,
                   megapixels: Sequence[float] = (0,), repeats: int = 3,
@@ -140,7 +140,7 @@ def protect_bench(photo: str | Path, *, engine: Engine | None = None, method: st
     untimed run (imports, weights read from disk); one ``BenchRow`` per size."""
     import torch
 
-    from guardkit.engine import Engine
+    from guardkit.engine import DEFAULT_METHOD, Engine
     from guardkit.imageio import load_rgb, save_image
     from guardkit.torch_settings import torch_settings
 
@@ -149,6 +149,7 @@ def protect_bench(photo: str | Path, *, engine: Engine | None = None, method: st
     if steps is not None and steps < 1:
         raise ConfigError(f"steps must be at least 1, got {steps}")
     log = log or (lambda text: None)
+    method = method or DEFAULT_METHOD
     photo = Path(photo)
     image = load_rgb(photo)
     engine = engine or Engine()

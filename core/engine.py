@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -25,13 +25,18 @@ from guardkit.registry import PluginError, Registry, make_plugin_manager
 from guardkit.torch_settings import set_torch, torch_settings
 from guardkit.types import Face, PartSpec, WeightedLoss
 
+if TYPE_CHECKING:
+    from guardkit.loaded import PartCache
+
 DEFAULT_METHOD = "fr-cloak"
 DEFAULT_FACE_MODELS = ("dlib", "facenet")  # two families: the default protects against both at once
 DEFAULT_FACE_MODEL = DEFAULT_FACE_MODELS[0]
 DEFAULT_ENCODER = "sd-vae"
+DEFAULT_FACE_FINDER = "dlib"  # the faces a face model reads when it names no finder (``default_finder``) of its own
 # The built-in choices of `guardkit edit`, `eval` and `verify` (core names no part anywhere else):
 DEFAULT_EDITOR = "flux-edit"  # `guardkit edit`'s editor
 DEFAULT_FACE_PARSER = "landmarks"  # the edit methods' face parser (regions drawn from landmarks: no weights)
+DEFAULT_CLOAK_FINDER = "mtcnn"  # places a personal cloak: five points with the mouth, 0.06 s a megapixel
 DEFAULT_VERIFY_PURIFY = ("none", "jpeg90", "jpeg75", "jpeg60", "blur", "rotate", "resize")  # `guardkit verify`
 
 
@@ -72,13 +77,18 @@ class EngineParts:
 
 
 class Engine:
-    """A registry of parts built from the ``guardkit`` entry points (plus ``plugins`` given here)."""
+    """A registry of parts built from the ``guardkit`` entry points (plus ``plugins`` given here).
+
+    ``part_cache`` (a ``guardkit.loaded.PartCache``): loaded parts are kept there and reused by every later
+    call instead of being built and loaded per call (the service's workers and Ray's actors). Every part the
+    engine loads, for ``protect`` as for ``load_part``, goes through ``load_part``, the one place it is consulted."""
 
     def __init__(self, *, plugins: Iterable[object] = (), entry_points: bool = True,
-                 disabled: Iterable[str] = ()) -> None:
+                 disabled: Iterable[str] = (), part_cache: "PartCache | None" = None) -> None:
         self.pm, self.plugin_errors = make_plugin_manager(entry_points=entry_points, plugins=plugins,
                                                           blocked=disabled)
         self.registry = Registry.from_plugin_manager(self.pm, self.plugin_errors)
+        self.part_cache = part_cache
 
     @property
     def errors(self) -> list[PluginError]:
@@ -99,10 +109,14 @@ class Engine:
         return spec.factory(run, **options)
 
     def load_part(self, kind: str, name: str, run: RunConfig, **options: Any) -> Any:
-        """The part ``name`` of ``kind`` built with ``options`` and loaded (weights on the run's device)."""
-        part = self.build_part(kind, name, run, **options)
-        part.load()
-        return part
+        """The part ``name`` of ``kind`` built with ``options`` and loaded (weights on the run's device); with a
+        ``part_cache``, the one it already holds for these arguments, else built, loaded and kept there."""
+        def build() -> Any:
+            part = self.build_part(kind, name, run, **options)
+            part.load()
+            return part
+
+        return build() if self.part_cache is None else self.part_cache.get(kind, name, run, options, build)
 
     def check_editor(self, edit_method: str, editor: str) -> None:
         """Before any weight loads: editor ``editor`` provides what ``edit_method`` needs from an editor
@@ -145,7 +159,7 @@ class Engine:
         pairs = []
         for name in models:
             model = self._part_for_method("face_model", name, method, grads)
-            finder_name = face_finder or finder_of(model.factory)
+            finder_name = face_finder or finder_of(model.factory, DEFAULT_FACE_FINDER)
             finder = self.registry.get("face_finder", finder_name)
             scheme = finder.capabilities.get("scheme")
             accepted = model.capabilities.get("schemes", ())
@@ -195,16 +209,16 @@ class Engine:
         options_of = {kind: dict((part_options or {}).get(kind, {})) for kind in ("encoder", "face_model", "face_finder")}
         kwargs: dict[str, Any] = {}
         if "encoder" in specs:
-            kwargs["encoder"] = self._build(specs["encoder"], run, options_of["encoder"])
+            kwargs["encoder"] = self._load(specs["encoder"], run, options_of["encoder"])
         finders: dict[str, Any] = {}
         members = []
         for i, (model_spec, finder_spec) in enumerate(specs.get("face_models", [])):
             if finder_spec.name not in finders:
-                finders[finder_spec.name] = self._build(finder_spec, run, options_of["face_finder"])
-            model = self._build(model_spec, run, options_of["face_model"] if i == 0 else {})
+                finders[finder_spec.name] = self._load(finder_spec, run, options_of["face_finder"])
+            model = self._load(model_spec, run, options_of["face_model"] if i == 0 else {})
             members.append(Member(model_spec.name, model, finder_spec.name))
         if not members and "face_finder" in specs:
-            finders[specs["face_finder"].name] = self._build(specs["face_finder"], run, options_of["face_finder"])
+            finders[specs["face_finder"].name] = self._load(specs["face_finder"], run, options_of["face_finder"])
         if members:
             if method_spec.capabilities.get("accepts_ensemble", False):
                 kwargs["face_models"] = members
@@ -249,11 +263,8 @@ class Engine:
             raise ConfigError(f"loss {name!r} takes no options, got {', '.join(sorted(options))}")
         return factory() if bare else factory(run, **options)
 
-    @staticmethod
-    def _build(spec: PartSpec, run: RunConfig, options: Mapping[str, Any]) -> Any:
-        part = spec.factory(run, **dict(options))
-        part.load()
-        return part
+    def _load(self, spec: PartSpec, run: RunConfig, options: Mapping[str, Any]) -> Any:
+        return self.load_part(spec.kind, spec.name, run, **dict(options))
 
     def resolve_strength(self, method: str, run: RunConfig | None, strength: str | None,
                          options: Mapping[str, Any] | None, *, eps: float | None = None, steps: int | None = None,
@@ -368,7 +379,7 @@ class Engine:
         the ensemble) and write it to ``output`` (``guardkit.enrolment``); ``protect(..., cloak=output)`` then
         puts it on new photos of that person. ``strength``: low, mid (default) or high. Returns an
         ``EnrollResult`` (the cloak, the photos used and those that could not be)."""
-        from guardkit.enrolment import DEFAULT_CLOAK_FINDER, DEFAULT_CLOAK_STRENGTH, enroll_photos, enroll_settings
+        from guardkit.enrolment import DEFAULT_CLOAK_STRENGTH, enroll_photos, enroll_settings
 
         run = run or RunConfig()
         set_torch(threads=run.threads or None)

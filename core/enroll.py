@@ -53,6 +53,7 @@ class EnrollSettings:
     landmark_jitter: float = 0.03
     brightness: float = 0.12
     decoy: float = 0.5
+    centroid: bool = False
     cap: float = 2.0
     momentum: float = 0.5
     smooth: float = 0.0
@@ -142,6 +143,8 @@ def enroll_samples(samples: Sequence[Sample], members: Sequence[Member], setting
     with torch.no_grad():
         references = {m.name: torch.cat([m.model.embed(m.model.align(x.crop[None], [x.faces[m.name]]))
                                          for x in samples]) for m in members}
+    if s.centroid:  # push away from the person (the mean of every photo), not from each photo's own embedding
+        references = {n: r.mean(dim=0, keepdim=True).expand_as(r) for n, r in references.items()}
     targets = decoys(s.variants, {n: r.shape[1] for n, r in references.items()}, s.seed)
     l2 = math.sqrt(3 * s.frame * s.frame / s.coverage * 10 ** (-s.psnr_floor / 10)) if s.psnr_floor > 0 else None
     bank = torch.zeros(s.variants, 3, s.frame, s.frame)

@@ -20,13 +20,13 @@ import torch
 from guardkit.cloak import Cloak
 from guardkit.cloak_file import save_cloak
 from guardkit.config import RunConfig
+from guardkit.engine import DEFAULT_CLOAK_FINDER, DEFAULT_FACE_FINDER
 from guardkit.ensemble import Member, finder_of
 from guardkit.enroll import EnrollSettings, Sample, enroll_samples, make_sample, same_face
 from guardkit.errors import CapabilityError, ConfigError, GuardkitError, ImageError, NoFaceError
 from guardkit.imageio import IMAGE_SUFFIXES, collect_inputs, load_rgb
 from guardkit.types import Face
 
-DEFAULT_CLOAK_FINDER = "mtcnn"  # places the cloak: five points incl. the mouth, and fast (0.06 s per megapixel)
 #: strength -> (L-inf eps, whole-photo PSNR floor): the budgets of ``guardkit run --strength``
 CLOAK_STRENGTHS = {"low": (4 / 255, 42.3), "mid": (8 / 255, 38.3), "high": (16 / 255, 33.3)}
 DEFAULT_CLOAK_STRENGTH = "mid"
@@ -69,7 +69,7 @@ def build_members(engine: Any, models: Sequence[str], finder: str, run: RunConfi
         spec = engine.registry.get("face_model", name)
         if not spec.capabilities.get("differentiable", False):
             raise CapabilityError(f"face model {name!r} has no gradients: it cannot be enrolled against")
-        finder_spec = engine.registry.get("face_finder", finder_of(spec.factory))
+        finder_spec = engine.registry.get("face_finder", finder_of(spec.factory, DEFAULT_FACE_FINDER))
         if finder_spec.capabilities.get("scheme") not in spec.capabilities.get("schemes", ()):
             raise CapabilityError(f"face model {name!r} cannot align {finder_spec.name}'s landmarks")
         specs.append((spec, finder_spec))

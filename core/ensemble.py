@@ -14,12 +14,18 @@ from typing import Any, Sequence
 
 from guardkit.types import Face, FaceModel
 
-DEFAULT_FACE_FINDER = "dlib"  # for a face model that names no finder of its own
 
+def finder_of(model: Any, default: str | None = None) -> str:
+    """The face finder a face model (its class or an instance) reads: its ``default_finder``, else ``default``
+    (None: the engine's ``DEFAULT_FACE_FINDER``, the built-in choice for a model that names no finder)."""
+    named = getattr(model, "default_finder", None)
+    if named:
+        return named
+    if default is None:
+        from guardkit.engine import DEFAULT_FACE_FINDER  # at call time: the engine imports this module
 
-def finder_of(model: Any) -> str:
-    """The face finder a face model (its class or an instance) reads: its ``default_finder``, else dlib's."""
-    return getattr(model, "default_finder", None) or DEFAULT_FACE_FINDER
+        default = DEFAULT_FACE_FINDER
+    return default
 
 
 @dataclass(frozen=True)

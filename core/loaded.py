@@ -1,4 +1,10 @@
-"""``LoadedEngine``: an Engine whose parts load once and serve every later call (service workers, Ray actors)."""
+"""``PartCache``: loaded parts kept for every later call of one engine (service workers, Ray actors).
+
+```python
+engine = Engine(part_cache=PartCache())   # or loaded_engine()
+engine.protect([...]); engine.protect([...])   # the second call loads no weights
+```
+"""
 
 from __future__ import annotations
 
@@ -9,23 +15,27 @@ from guardkit.engine import Engine
 from guardkit.errors import GuardkitError
 
 
-class LoadedEngine(Engine):
-    """An Engine whose parts are built and loaded once, then reused by every later request.
+class PartCache:
+    """Loaded parts by what they are built from, handed to ``Engine(part_cache=...)``.
 
-    ``Engine.protect`` builds its parts on every call (right for a CLI run, wasteful for a service), so
-    this keeps each loaded part, keyed by what it is built from except the budget and seed (which parts
-    never read: the method reads them, and the method itself is rebuilt per request, which is cheap).
-    One instance belongs to one worker thread; it is not shared."""
+    ``Engine.protect`` builds its parts on every call (right for a CLI run, wasteful for a service), so an
+    engine with a cache asks it first (``Engine.load_part``, the one place parts are loaded). A part is keyed
+    by kind, name, device, dtype, weights folder and options, not by the budget and seed (which parts never
+    read: the method reads them, and the method itself is rebuilt per call, which is cheap). A part that
+    failed to load with a ``GuardkitError`` (missing weights) keeps failing without retrying. Not
+    thread-safe: one cache belongs to one worker thread."""
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+    def __init__(self) -> None:
         self.loads = 0  # parts actually built and loaded (tests check they load once)
         self._parts: dict[tuple, Any] = {}
 
-    def _key(self, kind: str, name: str, run: RunConfig, options: Mapping[str, Any]) -> tuple:
+    @staticmethod
+    def key(kind: str, name: str, run: RunConfig, options: Mapping[str, Any]) -> tuple:
         return kind, name, run.device, run.dtype, run.weights_dir, tuple(sorted((k, repr(v)) for k, v in options.items()))
 
-    def _cached(self, key: tuple, build: Callable[[], Any]) -> Any:
+    def get(self, kind: str, name: str, run: RunConfig, options: Mapping[str, Any], build: Callable[[], Any]) -> Any:
+        """The part kept for these arguments, else ``build()``'s (kept, as is a ``GuardkitError`` it raises)."""
+        key = self.key(kind, name, run, options)
         if key not in self._parts:
             try:
                 self._parts[key] = build()
@@ -37,10 +47,7 @@ class LoadedEngine(Engine):
             raise part
         return part
 
-    def _build(self, spec, run: RunConfig, options: Mapping[str, Any]) -> Any:  # type: ignore[override]
-        return self._cached(self._key(spec.kind, spec.name, run, options),
-                            lambda: Engine._build(spec, run, options))
 
-    def load_part(self, kind: str, name: str, run: RunConfig, **options: Any) -> Any:
-        return self._cached(self._key(kind, name, run, options),
-                            lambda: super(LoadedEngine, self).load_part(kind, name, run, **options))
+def loaded_engine(**kwargs: Any) -> Engine:
+    """An ``Engine`` (``kwargs`` are its own) with a fresh ``PartCache``: its parts load once, then serve."""
+    return Engine(part_cache=PartCache(), **kwargs)

@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterable, Sequence
 from guardkit.config import RunConfig
 from guardkit.engine import PhotoResult, ProtectResult
 from guardkit.errors import ConfigError, GuardkitError, ImageError
-from guardkit.imageio import IMAGE_SUFFIXES, collect_inputs, is_done, plan_outputs, save_image
+from guardkit.imageio import IMAGE_SUFFIXES, collect_inputs, is_done, plan_outputs, save_image, upright_size
 
 ADDRESS_HELP = "auto (a running cluster), local (start one here), HOST:PORT or ray://HOST:PORT"
 
@@ -97,24 +97,50 @@ def _list_url(url: str) -> list[str]:
             and not PurePosixPath(n).stem.lower().endswith(".protected")]
 
 
-def is_finished(output: str) -> bool:
-    """A complete output exists (local: it decodes; URL: it is there and not empty: writes are whole)."""
-    if not is_url(output):
-        return is_done(Path(output))
+def is_finished(item: Item) -> bool:
+    """``item``'s output is complete and has the size this run writes (its source's upright size), as the
+    shared photo loop's resume decides (``guardkit.photo_loop``): local, the output fully decodes at that size
+    (``is_done(size=)``); a URL, written whole (upload, then rename), is there, not empty, and its header gives
+    that size. An output of another size (an older run's at another resolution, another photo's under the
+    same name) or a source that cannot be read is not finished: the run redoes it, or names the problem."""
+    if not is_url(item.output):
+        if not Path(item.output).is_file():
+            return False
+        size = _source_size(item.source)
+        return size is not None and is_done(Path(item.output), size=size)
     import fsspec
+    from PIL import Image
 
-    fs, path = fsspec.core.url_to_fs(output)
-    return fs.exists(path) and fs.size(path) > 0
+    fs, path = fsspec.core.url_to_fs(item.output)
+    if not (fs.exists(path) and fs.size(path) > 0):
+        return False
+    size = _source_size(item.source)
+    try:
+        with fs.open(path, "rb") as stream, Image.open(stream) as img:  # written by save_image: no EXIF turn
+            return size is not None and tuple(img.size) == size
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return False
+
+
+def _source_size(source: str) -> tuple[int, int] | None:
+    """``(width, height)`` the run writes for ``source`` (its upright size), or None when it cannot be read."""
+    try:
+        if not is_url(source):
+            return upright_size(Path(source))
+        with tempfile.TemporaryDirectory(prefix="guardkit-ray-") as scratch:
+            return upright_size(_fetch(source, Path(scratch) / "source"))
+    except (GuardkitError, OSError):
+        return None
 
 
 class PhotoProtector:
-    """A Ray actor's state: one ``LoadedEngine`` (models load on the first batch, then stay). Called by Ray
+    """A Ray actor's state: one Engine with a ``PartCache`` (models load on the first batch, then stay). Called by Ray
     Data with a batch of ``source``/``output`` rows; returns one record per photo."""
 
     def __init__(self, protect_kwargs: dict[str, Any], fmt: str) -> None:
-        from guardkit.loaded import LoadedEngine
+        from guardkit.loaded import loaded_engine
 
-        self.engine = LoadedEngine()
+        self.engine = loaded_engine()
         self.kwargs = protect_kwargs
         self.fmt = fmt
         self.thresholds: dict[str, float] = {}
@@ -208,9 +234,10 @@ def protect(
 ) -> ProtectResult:
     """Protect ``inputs`` into ``output_dir`` on Ray (``address``: see :func:`check_address`).
 
-    Photos whose output is finished are skipped (``resume``); a photo that fails is recorded and the others
-    go on. Actors: one per GPU when the cluster has GPUs and ``run.device`` is not ``cpu``, else one per
-    ``cpus_per_actor`` CPUs. ``protect_kwargs`` (method, face models, options, ...) go to ``Engine.protect``."""
+    Photos whose output is finished (whole, at the size this run writes: :func:`is_finished`) are skipped
+    (``resume``); a photo that fails is recorded and the others go on. Actors: one per GPU when the cluster
+    has GPUs and ``run.device`` is not ``cpu``, else one per ``cpus_per_actor`` CPUs. ``protect_kwargs``
+    (method, face models, options, ...) go to ``Engine.protect``."""
     import ray
 
     run = run or RunConfig()
@@ -234,7 +261,7 @@ def protect(
 
     todo = []
     for item in items:
-        if resume and is_finished(item.output):
+        if resume and is_finished(item):
             finish(PhotoResult(_as_source(item.source), "skipped", output=_as_source(item.output)))
         else:
             todo.append(item)

@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 
 from guardkit.arrays import image_to_tensor, tensor_to_image
 from guardkit.config import RunConfig
-from guardkit.engine import DEFAULT_FACE_MODELS, DEFAULT_VERIFY_PURIFY
+from guardkit.engine import DEFAULT_FACE_FINDER, DEFAULT_FACE_MODELS, DEFAULT_VERIFY_PURIFY
 from guardkit.ensemble import finder_of
 from guardkit.errors import GuardkitError, NoFaceError
 from guardkit.imageio import load_rgb
@@ -75,7 +75,7 @@ def verify(engine, protected: str | Path, reference: str | Path, *, face_models:
     rows = []
     for name in face_models if face_models is not None else engine.registry.names("face_model"):
         spec = engine.registry.get("face_model", name)
-        finder_name = finder_of(spec.factory)
+        finder_name = finder_of(spec.factory, DEFAULT_FACE_FINDER)
         try:
             model = engine.load_part("face_model", name, run)
             reference_faces, found = faces_of(finder_name)

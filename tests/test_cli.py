@@ -12,6 +12,8 @@ import pytest
 from typer.testing import CliRunner
 
 from guardkit.cli import app
+from guardkit.engine import (DEFAULT_EDITOR, DEFAULT_FACE_MODEL, DEFAULT_FACE_MODELS, DEFAULT_FACE_PARSER,
+                             DEFAULT_METHOD, DEFAULT_VERIFY_PURIFY)
 
 REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -150,6 +152,7 @@ def test_run_writes_protected_photos_and_reports_failures(tmp_path, faces_dir):
     result = invoke(*args)
     assert result.exit_code == 1, result.output  # one photo failed, the other was written
     report = json.loads(result.stdout)
+    assert report["method"] == DEFAULT_METHOD  # no --method: the engine's default
     status = {Path(p["source"]).name: p for p in report["photos"]}
     assert status["me.jpg"]["status"] == "protected" and status["junk.jpg"]["status"] == "failed"
     assert "junk.jpg" in status["junk.jpg"]["error"]
@@ -200,3 +203,20 @@ def test_third_party_plugin_is_discovered_and_used_from_the_cli(example_plugin_i
     assert run.returncode == 0, run.stderr
     photo = json.loads(run.stdout)["photos"][0]
     assert photo["status"] == "protected" and 0 < photo["linf"] <= 4 / 255 + 1e-9
+
+
+@pytest.mark.parametrize("command, says", [
+    (["run"], [f"default: {DEFAULT_METHOD})", f"default: {','.join(DEFAULT_FACE_MODELS)} for",
+               f"else {DEFAULT_FACE_MODEL})"]),
+    (["bench", "protect"], [f"default: {DEFAULT_METHOD})"]),
+    (["eval"], [f"default: none,{DEFAULT_METHOD})", f"default: {DEFAULT_FACE_PARSER})"]),
+    (["verify"], [f"default: {','.join(DEFAULT_VERIFY_PURIFY)})"]),
+    (["edit"], [f"default: {DEFAULT_EDITOR})", f"default: {DEFAULT_FACE_PARSER})"]),
+])
+def test_help_names_the_engines_defaults(command, says):
+    """Options whose default is a part are resolved from the engine's DEFAULT_* table; their help says which."""
+    result = runner.invoke(app, [*command, "--help"], terminal_width=400, env={"COLUMNS": "400"})
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.replace("│", " ").split())
+    for said in says:
+        assert said in text, f"{' '.join(command)} --help does not say {said!r}"

@@ -17,10 +17,11 @@ from guardkit.errors import WeightsError
 from guardkit.plugins.face_models import dlib_resnet
 from guardkit.plugins.face_models.dlib_chip import dlib_jitter, face_chip_details, plan_chip
 from guardkit.plugins.face_models.dlib_dat import load_dlib_resnet
-from guardkit.plugins.face_models.dlib_resnet import DlibFaceModel
+from guardkit.plugins.face_finders.dlib_finder import DLIB_SHAPE5
+from guardkit.plugins.face_models.dlib_resnet import DLIB_RESNET, DlibFaceModel
 from guardkit.testing import FaceModelContract
 from guardkit.types import Face
-from guardkit.weights import DLIB_RESNET, DLIB_SHAPE5, locate_dlib_file
+from guardkit.weights import locate_dlib_file
 
 dlib = pytest.importorskip("dlib")
 

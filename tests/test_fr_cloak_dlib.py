@@ -10,7 +10,9 @@ import pytest
 from PIL import Image
 
 from guardkit.engine import Engine
-from guardkit.weights import DLIB_RESNET, DLIB_SHAPE5, locate_dlib_file
+from guardkit.plugins.face_finders.dlib_finder import DLIB_SHAPE5
+from guardkit.plugins.face_models.dlib_resnet import DLIB_RESNET
+from guardkit.weights import locate_dlib_file
 
 dlib = pytest.importorskip("dlib")
 

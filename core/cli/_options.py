@@ -13,7 +13,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 err_console = Console(stderr=True)
 out_console = Console()
 
-MethodOpt = Annotated[str, typer.Option("--method", "-m", help="Protection method (see `guardkit plugins`).")]
+# Defaults that name a part are None here and resolved in the command from ``guardkit.engine``'s DEFAULT_*
+# table (imported there, not here: ``guardkit --help`` stays light); the help says what they resolve to
+# (tests/test_cli.py checks it against the table).
+MethodOpt = Annotated[Optional[str], typer.Option(
+    "--method", "-m", help="Protection method (see `guardkit plugins`; default: fr-cloak).",
+    show_default=False)]
 FaceModelOpt = Annotated[str, typer.Option(
     "--fr", help="Face recognition model(s) to protect against, comma-separated (an ensemble, for methods that take one).")]
 FaceFinderOpt = Annotated[Optional[str], typer.Option(

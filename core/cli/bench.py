@@ -34,7 +34,7 @@ def _log(text: str) -> None:
 @one_line_errors
 def protect_command(
     photo: Annotated[Path, typer.Argument(help="A photo with a face.")],
-    method: MethodOpt = "fr-cloak",
+    method: MethodOpt = None,
     face_model: FaceModelOpt = "",
     strength: Annotated[Optional[str], typer.Option(help="low, mid or high (default: the method's).")] = None,
     steps: Annotated[Optional[int], typer.Option(help="PGD steps (default: the strength's).")] = None,
@@ -50,8 +50,10 @@ def protect_command(
     One untimed run first; then per size the median seconds per call, the engine's own protect seconds, and
     peak memory (resident set on cpu, allocated on cuda)."""
     from guardkit.bench import bench_table, protect_bench
+    from guardkit.engine import DEFAULT_METHOD
     from guardkit.ensemble import parse_models
 
+    method = DEFAULT_METHOD if method is None else method
     rows = protect_bench(photo, method=method, face_model=parse_models(face_model) or None, strength=strength,
                          steps=steps, device=device, threads=threads, megapixels=_numbers(megapixels, "--megapixels"),
                          repeats=repeats, log=_log)

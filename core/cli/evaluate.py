@@ -22,8 +22,9 @@ def eval_command(
     inputs: Annotated[list[Path], typer.Argument(help="Photos or folders of photos.", show_default=False)],
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for images, samples.csv, summary.json, "
                                                                 "report.html (re-running resumes).")] = Path("eval"),
-    methods: Annotated[str, typer.Option(help="Comma-separated methods; 'none' is the unprotected baseline.")]
-    = "none,fr-cloak",
+    methods: Annotated[Optional[str], typer.Option(
+        help="Comma-separated methods; 'none' is the unprotected baseline (default: none,fr-cloak).",
+        show_default=False)] = None,
     editor: Annotated[str, typer.Option(help="Editor (ip2p, flux-edit) or none (score the protected photo).")]
     = "none",
     prompts: Annotated[str, typer.Option(help="Prompt set (paper, paper-facial, ...; paper-code: the released "
@@ -75,7 +76,7 @@ def eval_command(
 ) -> None:
     """Protect, purify, edit and score: the FaceLock paper's metrics over photos x methods x prompts."""
     from guardkit.config import RunConfig, parse_fraction
-    from guardkit.engine import Engine
+    from guardkit.engine import DEFAULT_METHOD, Engine
     from guardkit.evaluate import EvalConfig
     from guardkit.cli.run import parse_pairs
     from guardkit.prompts import resolve_prompts
@@ -89,7 +90,8 @@ def eval_command(
                                 ("ensemble", _names(method_fr) if method_fr else None), ("face_parser", parser),
                                 ("face_finder", finder)) if v is not None}  # the rest: EvalConfig's defaults
     config = EvalConfig(
-        methods=_names(methods), editor=editor, prompts=resolve_prompts(prompts) if editor != "none" else [""],
+        methods=["none", DEFAULT_METHOD] if methods is None else _names(methods), editor=editor,
+        prompts=resolve_prompts(prompts) if editor != "none" else [""],
         purify=_names(purify), metrics=_names(metrics) if metrics else None,
         seeds=[int(s) for s in _names(seeds)], size=size, encoder=encoder, **chosen,
         fr_redetect=fr_redetect, target_identity=target_identity,
@@ -129,8 +131,9 @@ def verify_command(
     reference: Annotated[Path, typer.Option("--reference", "-r", help="A photo of the same person.")],
     fr: Annotated[Optional[str], typer.Option("--fr", help="Comma-separated face models (default: all installed).")]
     = None,
-    purify: Annotated[str, typer.Option(help="Comma-separated purifications to try.")]
-    = "none,jpeg90,jpeg75,jpeg60,blur,rotate,resize",
+    purify: Annotated[Optional[str], typer.Option(
+        help="Comma-separated purifications to try (default: "
+             "none,jpeg90,jpeg75,jpeg60,blur,rotate,resize).", show_default=False)] = None,
     attacked: Annotated[Optional[str], typer.Option(
         help="Face models the protection attacked (default: guardkit's default ensemble); the others are "
              "reported as held out.")] = None,
@@ -142,11 +145,12 @@ def verify_command(
 
     Exit code 0 when no face model matches the protected photo to the reference under any purification."""
     from guardkit.config import RunConfig
-    from guardkit.engine import Engine
+    from guardkit.engine import DEFAULT_VERIFY_PURIFY, Engine
     from guardkit.verify import verify
 
     engine = Engine(disabled=disable_plugin or ())
-    rows = verify(engine, protected, reference, face_models=_names(fr) if fr else None, purify=_names(purify),
+    rows = verify(engine, protected, reference, face_models=_names(fr) if fr else None,
+                  purify=DEFAULT_VERIFY_PURIFY if purify is None else _names(purify),
                   run=RunConfig(weights_dir=weights_dir), attacked=_names(attacked) if attacked else None,
                   on_warning=warn)
     if as_json:

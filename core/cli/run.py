@@ -64,7 +64,7 @@ def parse_losses(values: list[str] | None) -> tuple[dict[str, float], dict[str, 
 def run_command(
     inputs: Annotated[list[Path], typer.Argument(help="Photos or folders of photos.", show_default=False)],
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the protected photos.")],
-    method: MethodOpt = "fr-cloak",
+    method: MethodOpt = None,
     face_model: Annotated[Optional[str], typer.Option(
         "--fr", help="Face recognition model(s) to protect against, comma-separated (default: dlib,facenet for "
                      "methods that take an ensemble, else dlib).")] = None,
@@ -108,8 +108,9 @@ def run_command(
         help="With --cloak: the other faces are left alone (skip) or protected per photo (protect).")] = "skip",
 ) -> None:
     """Protect every face in INPUTS and write the results to OUTPUT (PNG, metadata stripped)."""
-    from guardkit.engine import Engine
+    from guardkit.engine import DEFAULT_METHOD, Engine
 
+    method = DEFAULT_METHOD if method is None else method
     if fmt not in ("png", "jpeg"):
         raise ConfigError(f"--format must be png or jpeg, got {fmt!r}")
     engine = Engine(disabled=disable_plugin or ())

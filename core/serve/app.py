@@ -23,12 +23,13 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from guardkit.config import RunConfig, parse_fraction
+from guardkit.engine import Engine
 from guardkit.errors import (CapabilityError, ConfigError, GuardkitError, ImageError, NoFaceError, RegistryError,
                              WeightsError, first_line)
+from guardkit.loaded import loaded_engine
 from guardkit.serve.pool import Busy, TimeLimit, WorkerPool
 from guardkit.serve.settings import ServeSettings
 from guardkit.serve.uploads import Form, UploadError, check_photo_part, read_form, store_photo
-from guardkit.loaded import LoadedEngine
 from guardkit.serve.worker import PhotoFailed, ProtectOptions, protect_photo, verify_photo
 from guardkit.verify import DEFAULT_PURIFY
 
@@ -68,8 +69,9 @@ def error(status: int, message: str, headers: dict[str, str] | None = None, *, r
 
 
 def create_app(settings: ServeSettings = ServeSettings(), *,
-               make_engine: Callable[[], LoadedEngine] = LoadedEngine) -> FastAPI:
-    """The service. Workers start (each building its Engine) when the app starts (its lifespan)."""
+               make_engine: Callable[[], Engine] = loaded_engine) -> FastAPI:
+    """The service. Workers start (each building its Engine, by default one with a ``PartCache``: parts load
+    once per worker) when the app starts (its lifespan)."""
     base = RunConfig(threads=settings.threads, weights_dir=settings.weights_dir)
 
     @contextlib.asynccontextmanager
@@ -156,7 +158,7 @@ def create_app(settings: ServeSettings = ServeSettings(), *,
             for name, part in parts.items():
                 paths[name] = await run_in_threadpool(store_photo, part, folder, settings.max_pixels)
 
-            def run(engine: LoadedEngine, deadline: float) -> Any:
+            def run(engine: Engine, deadline: float) -> Any:
                 def on_step(step: int, steps: int) -> None:
                     if time.monotonic() > deadline:
                         raise TimeLimit("stopped")

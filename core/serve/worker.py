@@ -1,4 +1,4 @@
-"""The one adapter between the service and the Engine's API (each worker holds a ``LoadedEngine``).
+"""The one adapter between the service and the Engine's API (each worker holds an Engine with a ``PartCache``).
 
 Everything the service asks of guardkit goes through :func:`protect_photo` and :func:`verify_photo`, so
 that a change of ``Engine.protect``'s parameters is adapted here and nowhere else. No protection logic

@@ -16,7 +16,12 @@ from guardkit import hookimpl
 from guardkit.config import RunConfig
 from guardkit.errors import WeightsError
 from guardkit.types import Face, LandmarkScheme
-from guardkit.weights import DLIB_MMOD, DLIB_SHAPE5, KnownWeight, locate_dlib_file
+from guardkit.weights import DLIB_HOW_TO_GET, KnownWeight, WeightFile, locate_dlib_file
+
+DLIB_SHAPE5 = WeightFile("shape_predictor_5_face_landmarks.dat",
+                         "c4b1e9804792707d3a405c2c16a80a20269e6675021f64a41d30fffafbc41888", DLIB_HOW_TO_GET)
+DLIB_MMOD = WeightFile("mmod_human_face_detector.dat",
+                       "4cb19393e2fbaf2b1609a9319ad5386618c886a6234ec1b971f3e87c85d87fe6", DLIB_HOW_TO_GET)
 
 
 @dataclass(frozen=True)

