@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 from guardkit.arrays import image_to_tensor
 from guardkit.config import RunConfig
-from guardkit.engine import DEFAULT_EDITOR, DEFAULT_FACE_MODEL, DEFAULT_FACE_PARSER
+from guardkit.engine import DEFAULT_EDITOR, DEFAULT_FACE_FINDER, DEFAULT_FACE_MODEL, DEFAULT_FACE_PARSER
 from guardkit.ensemble import finder_of
 from guardkit.errors import CapabilityError, ConfigError, ImageError, NoFaceError
 from guardkit.image_read import load_rgb, upright_size
@@ -152,7 +152,8 @@ def edit_photos(
     editor_part = engine.build_part("editor", editor, run, **dict(editor_options or {}))
     models = {name: engine.build_part("face_model", name, run) for name in face_models}
     if face_finder is None:
-        face_finder = finder_of(engine.registry.get("face_model", face_models[0]).factory if face_models else None)
+        face_finder = finder_of(engine.registry.get("face_model", face_models[0]).factory if face_models else None,
+                                DEFAULT_FACE_FINDER)
     finder = engine.build_part("face_finder", face_finder, run)
     _check_schemes(face_finder, finder, models)
     loop = PhotoLoop(inputs_, EditResult, fmt=fmt, resume=resume, on_start=on_start, on_photo=on_photo,

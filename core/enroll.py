@@ -46,14 +46,14 @@ class EnrollSettings:
     variants: int = 2
     draws: int = 2
     frame: int = 224
-    fill: float = 0.62
+    fill: float = 0.75
     margin: float = 0.15
-    coverage: float = 0.5
+    coverage: float = 0.35
     scale: tuple[float, float] = (0.7, 1.3)
-    landmark_jitter: float = 0.03
+    landmark_jitter: float = 0.06
     brightness: float = 0.12
     decoy: float = 0.5
-    centroid: bool = False
+    centroid: bool = True
     cap: float = 2.0
     momentum: float = 0.5
     smooth: float = 0.0
@@ -120,9 +120,16 @@ def make_sample(image: np.ndarray, name: str, anchor: Face, found: dict[str, lis
 
 
 def decoys(variants: int, dims: dict[str, int], seed: int) -> dict[str, torch.Tensor]:
-    """A random unit direction per variant and member [K, D]: each variant's own decoy identity."""
+    """A random unit direction per variant and member [K, D]: each variant's own decoy identity. Variants come
+    in opposite pairs (variant 2i+1's decoy is minus variant 2i's), so photos carrying the two variants of a pair
+    are pushed as far apart as the embedding space allows."""
     generator = torch.Generator().manual_seed(seed + 7919)
-    return {name: F.normalize(torch.randn(variants, dim, generator=generator), dim=1) for name, dim in dims.items()}
+    out = {}
+    for name, dim in dims.items():
+        directions = F.normalize(torch.randn(variants, dim, generator=generator), dim=1)
+        directions[1::2] = -directions[0::2][: variants // 2]
+        out[name] = directions
+    return out
 
 
 def photos_digest(samples: Sequence[Sample], settings: EnrollSettings, members: Sequence[Member]) -> str:

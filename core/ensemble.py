@@ -15,17 +15,10 @@ from typing import Any, Sequence
 from guardkit.types import Face, FaceModel
 
 
-def finder_of(model: Any, default: str | None = None) -> str:
+def finder_of(model: Any, default: str) -> str:
     """The face finder a face model (its class or an instance) reads: its ``default_finder``, else ``default``
-    (None: the engine's ``DEFAULT_FACE_FINDER``, the built-in choice for a model that names no finder)."""
-    named = getattr(model, "default_finder", None)
-    if named:
-        return named
-    if default is None:
-        from guardkit.engine import DEFAULT_FACE_FINDER  # at call time: the engine imports this module
-
-        default = DEFAULT_FACE_FINDER
-    return default
+    (callers pass the engine's ``DEFAULT_FACE_FINDER``, the built-in choice for a model that names none)."""
+    return getattr(model, "default_finder", None) or default
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ import numpy as np
 
 from guardkit.arrays import image_to_tensor, tensor_to_image
 from guardkit.config import RunConfig
-from guardkit.engine import DEFAULT_EDITOR, DEFAULT_FACE_MODEL, DEFAULT_FACE_PARSER, DEFAULT_METHOD
+from guardkit.engine import DEFAULT_EDITOR, DEFAULT_FACE_FINDER, DEFAULT_FACE_MODEL, DEFAULT_FACE_PARSER, DEFAULT_METHOD
 from guardkit.ensemble import finder_of
 from guardkit.errors import ConfigError, NoFaceError
 from guardkit.eval_metrics import (
@@ -175,7 +175,7 @@ class _Grid:
         self.engine, self.config, self.run, self.device = engine, config, run, run.torch_device()
         self.cache = _Cache(images, config.size)
         first = engine.registry.get("face_model", config.ensemble[0]).factory if config.ensemble else None
-        self.finder_name = config.face_finder or finder_of(first)
+        self.finder_name = config.face_finder or finder_of(first, DEFAULT_FACE_FINDER)
         self.finder = engine.load_part("face_finder", self.finder_name, run)
         self.edit_methods = set(engine.registry.names("edit_method"))
         for method in config.methods:  # what an edit method needs from the editor, before any weight loads

@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from guardkit import hookimpl
 from guardkit.config import RunConfig
 from guardkit.contracts import Parts
+from guardkit.engine import DEFAULT_FACE_FINDER
 from guardkit.ensemble import finder_of
 from guardkit.errors import CapabilityError, ConfigError, NoFaceError
 from guardkit.types import EvalBatch, Face
@@ -160,7 +161,7 @@ class FaceSimilarity:
             self.face_model = self._build("face_model", self.model_name)
         self.face_model.load()
         if self.redetect and self.face_finder is None:
-            self.finder_name = self.finder_name or finder_of(self.face_model)
+            self.finder_name = self.finder_name or finder_of(self.face_model, DEFAULT_FACE_FINDER)
             self.face_finder = self._build("face_finder", self.finder_name)
         if self.face_finder is not None:
             self.face_finder.load()
@@ -290,7 +291,7 @@ class AttackSuccess(FaceDistance):
         image = load_rgb(Path(target)) if isinstance(target, (str, Path)) else np.asarray(target)
         finder = self.face_finder
         if finder is None:
-            finder = self._build("face_finder", finder_of(self.face_model))
+            finder = self._build("face_finder", finder_of(self.face_model, DEFAULT_FACE_FINDER))
             finder.load()
         faces = finder.find(image)
         if not faces:
