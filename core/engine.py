@@ -348,11 +348,13 @@ class Engine:
         if not inputs_.paths:  # only bad paths: check every name (a usage error still exits 2), name each, load nothing
             self._resolve(method, face_model, encoder, face_finder, losses)
             loop.start()
-            return ProtectResult(loop.results, budget=run.budget)
+            return ProtectResult(loop.results, budget=run.budget, method=method)
         built = self.build_method(method, run, face_model=face_model, encoder=encoder, face_finder=face_finder,
                                   losses=losses, options=options, part_options=part_options)
         set_torch(threads=run.threads or None)
-        return protect_photos(loop, built, run, on_step)
+        result = protect_photos(loop, built, run, on_step)
+        result.method = method
+        return result
 
     def edit(self, inputs: Sequence[str | Path], *, prompt: str, **kwargs: Any) -> Any:
         """Edit photo files under ``prompt`` (with ``protect=``, privacy-preserving) on the shared photo loop:

@@ -47,13 +47,15 @@ class PhotoResult:
 @dataclass
 class ProtectResult:
     """``face_model``/``threshold``: the first face model's; ``thresholds``: every attacked model's;
-    ``budget``: the budget the photos were protected under (None where the runner does not say)."""
+    ``budget``: the budget the photos were protected under (None where the runner does not say); ``method``: the
+    method that ran (with a cloak, the cloak's own or the refining one)."""
 
     photos: list[PhotoResult]
     face_model: str = ""
     threshold: float = math.nan
     thresholds: dict[str, float] = field(default_factory=dict)
     budget: Budget | None = None
+    method: str = ""
 
     @property
     def failed(self) -> list[PhotoResult]:

@@ -49,7 +49,9 @@ def test_run_with_cloak_places_it_within_budget(cloak_file: Path, tmp_path: Path
     out = tmp_path / "out"
     result = runner.invoke(app, ["run", str(FACES / "obama2.jpg"), "-o", str(out), "--cloak", str(cloak_file), "--json"])
     assert result.exit_code == 0, result.output
-    photo = json.loads(result.stdout)["photos"][0]
+    report = json.loads(result.stdout)
+    assert report["method"] == "personal-cloak" and report["steps"] == 0
+    photo = report["photos"][0]
     assert photo["status"] == "protected" and photo["faces"] == 1
     assert photo["distances"] == {}  # no face recognition model was needed to place it
     clean = load_rgb(FACES / "obama2.jpg").astype(np.int16)

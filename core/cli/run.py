@@ -153,14 +153,14 @@ def run_command(
             err_console.print(f"[yellow]note:[/] {escape(photo.note)}", highlight=False, soft_wrap=True)
     if as_json:
         out_console.print_json(json.dumps({
-            "method": method, "face_models": list(result.thresholds), "eps": budget.eps, "steps": budget.steps,
+            "method": result.method or method, "face_models": list(result.thresholds), "eps": budget.eps, "steps": budget.steps,
             "strength": strength, "thresholds": result.thresholds,
             "photos": [{"source": str(p.source), "status": p.status, "output": str(p.output) if p.output else None,
                         "error": p.error, "note": p.note, "faces": p.faces, "linf": p.linf, "psnr": _finite(p.psnr),
                         "distances": {m: _finite(d) for m, d in p.distances.items()}, "seconds": p.seconds} for p in result.photos],
         }))
     else:
-        out_console.print(summary_table(result, method, budget))
+        out_console.print(summary_table(result, result.method or method, budget))
     if result.failed:
         raise typer.Exit(EXIT_FAILED_PHOTOS)
 
