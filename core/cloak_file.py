@@ -63,9 +63,6 @@ def save_cloak(cloak: Cloak, path: str | Path) -> Path:
 
 def load_cloak(path: str | Path) -> Cloak:
     """Read and check a cloak file; any problem is a one-line ``CloakFileError`` naming the file."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load
-
     path = Path(path)
     try:
         if path.stat().st_size > MAX_BYTES:
@@ -73,6 +70,17 @@ def load_cloak(path: str | Path) -> Cloak:
         data = path.read_bytes()
     except OSError as exc:
         raise CloakFileError(f"{path}: cannot read the cloak file ({exc.strerror or exc})") from None
+    return cloak_from_bytes(data, str(path))
+
+
+def cloak_from_bytes(data: bytes, name: str) -> Cloak:
+    """Check and read a cloak file's bytes (an upload); ``name`` only labels the one-line ``CloakFileError``."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    path = name
+    if len(data) > MAX_BYTES:
+        raise CloakFileError(f"{name}: too large for a cloak file ({len(data)} bytes)")
     try:
         tensors = load(data)
         header = _metadata(data)
@@ -96,7 +104,7 @@ def _metadata(data: bytes) -> dict[str, str]:
     return dict(json.loads(data[8:8 + size].decode("utf-8")).get("__metadata__") or {})
 
 
-def _checked(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Cloak:
+def _checked(path: Path | str, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Cloak:
     if set(tensors) != {"perturbations"}:
         raise CloakFileError(f"{path}: a cloak file holds one tensor, 'perturbations'; found {sorted(tensors)}")
     tensor = tensors["perturbations"]

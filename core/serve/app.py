@@ -48,7 +48,10 @@ PROTECT_BODY = {"requestBody": {"required": True, "content": {"multipart/form-da
         "method": {"type": "string", "description": "Protection method (default fr-cloak)."},
         "fr": {"type": "string", "description": "Face models, comma-separated (default: the service's)."},
         "format": {"type": "string", "enum": ["png", "jpeg"], "default": "png"},
-        "seed": {"type": "integer", "default": 0}}}}}},
+        "seed": {"type": "integer", "default": 0},
+        "cloak": {"type": "string", "format": "binary",
+                  "description": "A personal cloak from `guardkit enroll` (.cloak): placed on the face, no optimisation."},
+        "face": {"type": "string", "description": "With a cloak: largest (default), all, or N (the N-th largest)."}}}}}},
     "responses": {"200": {"description": "The protected photo (image/png), or with `Accept: application/json` "
                                          "its summary and the photo base64-encoded.",
                           "content": {"image/png": {}, "image/jpeg": {}, "application/json": {}}}}}
@@ -200,9 +203,24 @@ def protect_options(form: Form, settings: ServeSettings) -> ProtectOptions:
     if eps_value is not None and not 0 < eps_value <= 1:
         raise UploadError(400, f"eps must be in (0, 1] (pixel units, e.g. 4/255), got {eps}")
     fr = _names(form.text("fr"))
+    cloak = None
+    if "cloak" in form.files or "cloak" in form.fields:
+        from guardkit.cloak_file import CloakFileError, cloak_from_bytes
+
+        part = form.files.get("cloak")
+        if part is None or not part.data:
+            raise UploadError(400, "cloak must be a non-empty file upload (a .cloak file from guardkit enroll)")
+        try:
+            cloak = cloak_from_bytes(bytes(part.data), "the uploaded cloak")
+        except CloakFileError as exc:
+            raise UploadError(422, str(exc)) from None
+    face = form.text("face") or "largest"
+    if not (face in ("largest", "all") or (face.isdigit() and int(face) >= 1)):
+        raise UploadError(400, f"face must be largest, all or a face number, got {face!r}")
     return ProtectOptions(method=form.text("method"), strength=strength, eps=eps_value, steps=steps,
                           face_models=tuple(fr) if fr else settings.face_models,
-                          fmt="jpeg" if fmt == "jpg" else fmt, seed=_integer(form.text("seed"), "seed") or 0)
+                          fmt="jpeg" if fmt == "jpg" else fmt, seed=_integer(form.text("seed"), "seed") or 0,
+                          cloak=cloak, cloak_face=face)
 
 
 def _integer(text: str | None, name: str) -> int | None:

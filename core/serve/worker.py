@@ -31,6 +31,8 @@ class ProtectOptions:
     face_models: tuple[str, ...] | None = None
     fmt: str = "png"
     seed: int = 0
+    cloak: Any = None  # a checked guardkit.cloak.Cloak from the upload: put it on the photo, no optimisation
+    cloak_face: str = "largest"
 
 
 @dataclass
@@ -71,6 +73,8 @@ def protect_photo(engine: Engine, photo: Path, workdir: Path, options: ProtectOp
     """THE adapter to ``Engine.protect``: protect ``photo``, encode it (metadata stripped) via ``workdir``."""
     method = options.method or DEFAULT_METHOD
     models: dict[str, Any] = {"face_model": list(options.face_models)} if options.face_models else {}
+    if options.cloak is not None:
+        models = {"cloak": options.cloak, "cloak_face": options.cloak_face}
     # Engine.protect resolves strength, eps and steps as `guardkit run` does (one set of defaults)
     result = engine.protect([photo], method=method, run=replace(base, seed=options.seed), strength=options.strength,
                             eps=options.eps, steps=options.steps, on_step=on_step, **models)
@@ -81,7 +85,7 @@ def protect_photo(engine: Engine, photo: Path, workdir: Path, options: ProtectOp
     out = workdir / f"protected.{'png' if options.fmt == 'png' else 'jpg'}"
     save_image(done.protected, out, fmt=options.fmt)
     return Protected(out.read_bytes(), _MEDIA_TYPE[options.fmt], done.faces, done.linf, done.psnr,
-                     dict(done.distances), dict(result.thresholds), method, budget.eps, budget.steps,
+                     dict(done.distances), dict(result.thresholds), result.method or method, budget.eps, budget.steps,
                      done.seconds)
 
 
