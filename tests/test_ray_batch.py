@@ -127,3 +127,22 @@ def test_resume_redoes_an_output_of_another_size(photos, reference, tmp_path):
     small.save(output)  # decodes fine, but half the size
     assert not is_finished(item) and not is_finished(url_item)
     assert not is_finished(Item(str(photos / "c_broken.jpg"), str(output)))  # unreadable source: not finished
+
+
+def test_a_cloak_runs_on_ray_as_here(local_ray, photos, tmp_path):
+    import torch
+
+    from guardkit.cloak import Cloak
+    from guardkit.cloak_file import save_cloak
+
+    bank = (torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(3)) * 2 - 1) * 8 / 255
+    cloak = save_cloak(Cloak(bank, eps=8 / 255, finder="mtcnn", face_models=("dlib",), psnr_floor=38.3),
+                       tmp_path / "me.cloak")
+    here, there = tmp_path / "here", tmp_path / "there"
+    assert CliRunner().invoke(app, ["run", str(photos), "-o", str(here), "--cloak", str(cloak)]).exit_code == 1
+    result = CliRunner().invoke(app, ["run", str(photos), "-o", str(there), "--cloak", str(cloak), "--ray", "local"])
+    assert result.exit_code == 1, result.output  # the broken file fails on Ray too
+    written = sorted(p.name for p in there.iterdir())
+    assert written == sorted(p.name for p in here.iterdir()) == ["a_obama.protected.png", "b_obama.png.protected.png"]
+    for name in written:
+        assert (there / name).read_bytes() == (here / name).read_bytes()

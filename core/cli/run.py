@@ -136,8 +136,10 @@ def run_command(
 
             protect = protect_on(check_address(ray_address))
         with_cloak = {"cloak": cloak, "refine": refine, "cloak_face": face, "others": others} if cloak else {}
-        if with_cloak and ray_address is not None:
-            raise ConfigError("--cloak does not run on --ray yet: run it here, it takes well under a second a photo")
+        if with_cloak and ray_address is not None:  # read and checked here, once: the actors get the checked cloak
+            from guardkit.cloak_file import load_cloak
+
+            with_cloak["cloak"] = load_cloak(cloak)
         result = protect(
             inputs, method=method, face_model=parse_models(face_model) or None, face_finder=face_finder, encoder=encoder, run=base,
             strength=strength, eps=eps_value, steps=steps, losses=losses, options=options, part_options=part_options, output_dir=output, fmt=fmt, resume=resume,
