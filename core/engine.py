@@ -332,7 +332,8 @@ class Engine:
 
         ``cloak`` (a ``.cloak`` file from ``enroll``, or a ``guardkit.cloak.Cloak``) puts that person's cloak on
         the ``cloak_face`` face of each photo (``largest``, ``all`` or ``N``) at the cloak's budget, with no
-        optimisation; ``refine`` adds that many per-photo steps from the cloak; ``others``: ``skip`` leaves the
+        optimisation (``strength``, ``eps`` and ``steps`` are then the cloak's own); ``refine`` adds that many
+        per-photo steps from the cloak; ``others``: ``skip`` leaves the
         other faces alone, ``protect`` protects them per photo (``guardkit.cloak_plan``).
         """
         if cloak is not None:
@@ -341,7 +342,9 @@ class Engine:
             plan = plan_cloak_run(cloak, optimiser=method,
                                   face_model=face_model, refine=refine, face=cloak_face, others=others, options=options)
             method, face_model, face_finder, options = plan.method, plan.face_model, face_finder or plan.face_finder, plan.options
-            strength, eps, steps = strength or plan.strength, plan.eps, plan.steps if plan.steps is not None else steps
+            placing = plan.steps == 0  # placing alone: the cloak carries its own budget, a strength has no say
+            strength = None if placing else (strength or plan.strength)
+            eps, steps = plan.eps, plan.steps if plan.steps is not None else steps
         run, options = self.resolve_strength(method, run, strength, options, eps=eps, steps=steps)
         inputs_ = gather(inputs, output_dir=output_dir, fmt=fmt)
         loop = protect_loop(inputs_, fmt=fmt, resume=resume, on_start=on_start, on_photo=on_photo)

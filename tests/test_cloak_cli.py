@@ -98,3 +98,10 @@ def test_bad_cloak_and_options_are_one_line_errors(cloak_file: Path, tmp_path: P
         assert result.exit_code == 2, result.output
         assert words in result.stderr and "Traceback" not in result.output
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+def test_a_strength_beside_a_cloak_does_not_stop_the_placing(cloak_file: Path) -> None:
+    """The page and scripts send a strength with every photo; the cloak carries its own budget."""
+    photo = Engine().protect([FACES / "obama_small.jpg"], cloak=cloak_file, strength="low").photos[0]
+    assert photo.status == "protected", photo.error
+    assert photo.linf > 4 / 255 + 1e-9  # the cloak's 8/255, not low's 4/255

@@ -131,3 +131,28 @@ def test_protect_a_photo_from_the_page(server_url, browser, faces_dir, tmp_path)
     phone = tmp_path / "web_page_phone.png"
     browser.save_screenshot(str(phone))
     keep_artefact(phone)
+
+
+def test_protect_with_a_personal_cloak_from_the_page(server_url, browser, faces_dir, tmp_path):
+    """The page sends a picked .cloak with the photo: placed at the cloak's own 8/255, not the low strength's 4/255."""
+    import re
+
+    import torch
+    from selenium.webdriver.common.by import By
+
+    from guardkit.cloak import Cloak
+    from guardkit.cloak_file import save_cloak
+
+    bank = torch.full((1, 3, 64, 64), 8 / 255)
+    cloak = save_cloak(Cloak(bank, eps=8 / 255, finder="mtcnn", face_models=("dlib",)), tmp_path / "me.cloak")
+    browser.get(server_url + "/")
+    browser.find_element(By.ID, "file").send_keys(str(faces_dir / "obama_small.jpg"))
+    browser.find_element(By.CSS_SELECTOR, "#more summary").click()
+    browser.find_element(By.ID, "cloak").send_keys(str(cloak))
+    browser.find_element(By.ID, "protect").click()
+    status = browser.find_element(By.ID, "status")
+    error = browser.find_element(By.ID, "error")
+    wait_for(lambda: status.text == "Done." or error.is_displayed(), 120, "the page to place the cloak")
+    assert not error.is_displayed(), error.text
+    change = re.search(r"largest pixel change (\d+)/255", browser.find_element(By.ID, "numbers").text)
+    assert change and EPS_255 < int(change.group(1)) <= 8

@@ -66,6 +66,7 @@
       form.append("file", photo, "photo");
       form.append("strength", $("strength").value);
       if ($("steps").value !== "") form.append("steps", $("steps").value);
+      if ($("cloak").files.length) form.append("cloak", $("cloak").files[0], "cloak");
       const result = await post("/v1/protect", form);
       const blob = fromBase64(result.image_base64, result.media_type);
       if (downloadUrl) URL.revokeObjectURL(downloadUrl);
