@@ -25,9 +25,6 @@ import torch.nn.functional as F
 from guardkit.align import ARCFACE_TEMPLATE_112, correspondences, similarity_transform
 from guardkit.types import Face
 
-CLOAK_KIND = "personal-cloak"  # the method that applies the built-in cloak kind
-
-
 @dataclass(frozen=True)
 class Cloak:
     """``perturbations`` [K,3,F,F] in [-eps, eps]: the K variants in the canonical frame (F = ``frame``).
@@ -42,7 +39,7 @@ class Cloak:
     face_models: tuple[str, ...]
     psnr_floor: float = 0.0
     fill: float = 0.5
-    kind: str = CLOAK_KIND
+    kind: str = ""  # the method that places it ("": the engine's DEFAULT_CLOAK_METHOD)
     info: dict[str, Any] = field(default_factory=dict)
 
     @property

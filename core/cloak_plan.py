@@ -30,11 +30,11 @@ class CloakPlan:
     options: dict[str, Any] = field(default_factory=dict)
 
 
-def plan_cloak_run(cloak: Cloak | str | Path, *, optimiser: str, face_model: str | Sequence[str] | None,
+def plan_cloak_run(cloak: Cloak | str | Path, *, placer: str, optimiser: str, face_model: str | Sequence[str] | None,
                    refine: int = 0, face: str = "largest", others: str = "skip",
                    options: Mapping[str, Any] | None = None) -> CloakPlan:
-    """The method, parts, budget and options of a run that puts ``cloak`` on photos. ``optimiser``: the method
-    that refines per photo (it takes the options ``cloak``, ``cloak_face``, ``others``, ``refine_cloaked``)."""
+    """The method, parts, budget and options of a run that puts ``cloak`` on photos. ``placer``: the method that
+    places a cloak whose ``kind`` names none; ``optimiser``: the method that refines per photo (it takes the options ``cloak``, ``cloak_face``, ``others``, ``refine_cloaked``)."""
     cloak = cloak if isinstance(cloak, Cloak) else load_cloak(cloak)
     if refine < 0:
         raise ConfigError(f"--refine must be 0 or more steps, got {refine}")
@@ -45,7 +45,7 @@ def plan_cloak_run(cloak: Cloak | str | Path, *, optimiser: str, face_model: str
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     if refine == 0 and others == "skip":
-        return CloakPlan(cloak.kind, None, cloak.finder, cloak.eps, 0, None,
+        return CloakPlan(cloak.kind or placer, None, cloak.finder, cloak.eps, 0, None,
                          {**dict(options or {}), "cloak": cloak, "face": face})
     strength = cloak.info.get("strength") if isinstance(cloak.info.get("strength"), str) else None
     return CloakPlan(optimiser, face_model or list(cloak.face_models), None, cloak.eps, refine or None, strength,

@@ -36,6 +36,7 @@ DEFAULT_FACE_FINDER = "dlib"  # the faces a face model reads when it names no fi
 # The built-in choices of `guardkit edit`, `eval` and `verify` (core names no part anywhere else):
 DEFAULT_EDITOR = "flux-edit"  # `guardkit edit`'s editor
 DEFAULT_FACE_PARSER = "landmarks"  # the edit methods' face parser (regions drawn from landmarks: no weights)
+DEFAULT_CLOAK_METHOD = "personal-cloak"  # places a cloak file whose kind names no other method
 DEFAULT_CLOAK_FINDER = "mtcnn"  # places a personal cloak: five points with the mouth, 0.06 s a megapixel
 DEFAULT_VERIFY_PURIFY = ("none", "jpeg90", "jpeg75", "jpeg60", "blur", "rotate", "resize")  # `guardkit verify`
 
@@ -339,7 +340,7 @@ class Engine:
         if cloak is not None:
             from guardkit.cloak_plan import plan_cloak_run
 
-            plan = plan_cloak_run(cloak, optimiser=method,
+            plan = plan_cloak_run(cloak, placer=DEFAULT_CLOAK_METHOD, optimiser=method,
                                   face_model=face_model, refine=refine, face=cloak_face, others=others, options=options)
             method, face_model, face_finder, options = plan.method, plan.face_model, face_finder or plan.face_finder, plan.options
             placing = plan.steps == 0  # placing alone: the cloak carries its own budget, a strength has no say

@@ -20,7 +20,7 @@ import torch
 from guardkit.cloak import Cloak
 from guardkit.cloak_file import save_cloak
 from guardkit.config import RunConfig
-from guardkit.engine import DEFAULT_CLOAK_FINDER, DEFAULT_FACE_FINDER
+from guardkit.engine import DEFAULT_CLOAK_FINDER, DEFAULT_CLOAK_METHOD, DEFAULT_FACE_FINDER
 from guardkit.ensemble import Member, finder_of
 from guardkit.enroll import EnrollSettings, Sample, enroll_samples, make_sample, same_face
 from guardkit.errors import CapabilityError, ConfigError, GuardkitError, ImageError, NoFaceError
@@ -192,7 +192,8 @@ def enroll_photos(engine: Any, inputs: Sequence[str | Path], *, output: str | Pa
             checkpoint.unlink(missing_ok=True)
     cloak = enroll_samples(samples, members, settings, anchor_finder=finder, checkpoint=checkpoint, on_step=on_step)
     seconds = time.perf_counter() - started
-    cloak = replace(cloak, info={**cloak.info, "photos": len(used), "strength": strength, "seconds": round(seconds, 1)})
+    cloak = replace(cloak, kind=DEFAULT_CLOAK_METHOD,
+                    info={**cloak.info, "photos": len(used), "strength": strength, "seconds": round(seconds, 1)})
     if output is not None:
         save_cloak(cloak, output)
         if checkpoint is not None:

@@ -40,6 +40,7 @@ def cloak_file(tmp_path_factory) -> Path:
 def test_enrolled_cloak_file(cloak_file: Path) -> None:
     cloak = load_cloak(cloak_file)
     assert cloak.face_models == ("dlib",) and cloak.finder == "mtcnn" and cloak.variants == 2
+    assert cloak.kind == "personal-cloak"  # the engine's DEFAULT_CLOAK_METHOD places it
     assert math.isclose(cloak.eps, 8 / 255) and cloak.psnr_floor == 38.3
     assert cloak.info["photos"] == 2 and cloak.info["strength"] == "mid"
     assert b"obama" not in cloak_file.read_bytes()  # no photo names
