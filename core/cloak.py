@@ -2,11 +2,11 @@
 and warped onto every new photo of that person through the face's landmarks (``guardkit run --cloak``).
 
 The frame is a ``frame`` x ``frame`` square in which insightface's 5-point ArcFace template (eyes, nose,
-mouth corners) fills the middle half: the 112-px chip every face model reads sits in the centre and the
-rest covers the hair, ears, jaw and neck that other detectors' crops reach. A cloak holds ``variants``
+mouth corners) fills the middle ``fill`` of the side: the 112-px chip every face model reads sits in the
+centre and the rest covers the hair, ears and jaw that other detectors' crops reach. A cloak holds ``variants``
 perturbations of that frame, each within L-inf ``eps``; a photo gets the variant its own pixels choose, so
 two photos of one person usually carry different variants, pushed towards different decoy identities
-(protected photos of one person do not link to each other). Placing costs one ``grid_sample`` of the
+(so that protected photos of one person link less to each other; measured in benchmarks/README.md). Placing costs one ``grid_sample`` of the
 face's neighbourhood, independent of the photo's size.
 
 A cloak holds no photo data and no embedding of the person: only the perturbations and how they were made.

@@ -6,7 +6,7 @@ rotations of the landmarks that place the cloak (another photo's landmark fit), 
 JPEG re-compression, and every face model's own crops, moved as other detectors would move them
 (``guardkit.geometry``). Each variant is pushed away from the person under every face model of the
 ensemble (each term divided by that model's threshold and saturated, so none dominates) and pulled towards
-its own random decoy direction, so photos carrying different variants do not match each other either.
+its own random decoy direction, so photos carrying different variants are pushed apart as well.
 
 The loop is MI-FGSM-style sign ascent under the L-inf ``eps`` and an L2 cap from the PSNR floor (``guardkit
 .transfer``); it writes a checkpoint every few steps and resumes from it.

@@ -28,7 +28,7 @@ def enroll_command(
         "--finder", help="The face finder that places the cloak, now and on every later photo (default: mtcnn).")] = None,
     steps: Annotated[Optional[int], typer.Option(help="Optimisation steps (default 200).")] = None,
     variants: Annotated[Optional[int], typer.Option(
-        help="Cloak variants (default 2): photos carrying different ones do not match each other.")] = None,
+        help="Cloak variants (default 2): photos carrying different ones are pushed apart.")] = None,
     seed: Annotated[int, typer.Option(help="Random seed: same photos and seed, same cloak.")] = 0,
     resume: Annotated[bool, typer.Option(help="Go on from the checkpoint an interrupted enrolment left.")] = True,
     threads: Annotated[Optional[int], typer.Option(help="CPU threads (default: torch's).")] = None,
