@@ -1,9 +1,8 @@
 """Enrolment: learn one person's cloak (``guardkit.cloak``) from a few photos of them.
 
 The K variants of the cloak are optimised together over every enrolment photo (and its mirror image) with
-expectation over what changes between photos and pipelines: the face's scale in the photo, a small roll of the
-head (the photo and its faces turn, the cloak follows the landmarks), small shifts and rotations of the
-landmarks that place the cloak (another photo's landmark fit), brightness and contrast,
+expectation over what changes between photos and pipelines: the face's scale in the photo, small shifts and
+rotations of the landmarks that place the cloak (another photo's landmark fit), brightness and contrast,
 JPEG re-compression, and every face model's own crops, moved as other detectors would move them
 (``guardkit.geometry``). Each variant is pushed away from the person under every face model of the
 ensemble (each term divided by that model's threshold and saturated, so none dominates) and pulled towards
@@ -53,7 +52,6 @@ class EnrollSettings:
     scale: tuple[float, float] = (0.7, 1.3)
     landmark_jitter: float = 0.06
     brightness: float = 0.12
-    roll: float = 8.0
     decoy: float = 0.5
     centroid: bool = True
     cap: float = 2.0
@@ -205,11 +203,7 @@ def _objective(perturbations: torch.Tensor, samples: Sequence[Sample], members: 
     gain = 1 + s.brightness * (torch.rand(k, 1, 1, 1, generator=g) * 2 - 1)
     shift = s.brightness / 2 * (torch.rand(k, 1, 1, 1, generator=g) * 2 - 1)
     lit = (crops * gain + shift).clamp(0, 1)
-    angles = [0.0] * k
-    if s.roll > 0:  # the head rolled a little: the photo and its faces turn together, the cloak follows the landmarks
-        angles = ((torch.rand(k, generator=g) * 2 - 1) * s.roll).tolist()
-        lit = _rolled(lit, angles)
-    anchors = [_roll_face(transform_face(samples[i].anchor, 0, 0, ratio), a, side) for i, a in zip(picks, angles)]
+    anchors = [transform_face(samples[i].anchor, 0, 0, ratio) for i in picks]
     moved = jitter_faces(anchors, 1, g, scale=s.landmark_jitter, shift=s.landmark_jitter / 2, rotation_deg=3.0)
     thetas = torch.stack([placement_theta(face, s.frame, (0, 0, side, side), s.fill) for face in moved])
     x = (lit + warp(perturbations[rows], thetas, (side, side))).clamp(0, 1)
@@ -217,8 +211,7 @@ def _objective(perturbations: torch.Tensor, samples: Sequence[Sample], members: 
         x = jpeg_bpda(x, int(torch.randint(60, 95, (), generator=g)))
     total = torch.zeros(k)
     for member in members:
-        faces = [_roll_face(transform_face(samples[i].faces[member.name], 0, 0, ratio), angles[j], side).with_index(j)
-                 for j, i in enumerate(picks)]
+        faces = [transform_face(samples[i].faces[member.name], 0, 0, ratio).with_index(j) for j, i in enumerate(picks)]
         faces = jitter_faces(faces, 1, g, scale=0.05, shift=0.03, rotation_deg=3.0)
         chips = jitter_chips(member.model.align(x, faces), 1, g)
         embeddings = member.model.embed(chips)
@@ -228,35 +221,6 @@ def _objective(perturbations: torch.Tensor, samples: Sequence[Sample], members: 
         pull = F.cosine_similarity(embeddings, targets[member.name][rows].to(embeddings), dim=1)
         total = total + term + s.decoy * pull
     return torch.zeros(s.variants).index_add(0, rows, total) / s.draws
-
-
-def _rolled(x: torch.Tensor, angles: list[float]) -> torch.Tensor:
-    """Each crop of ``x`` [N,3,S,S] turned by its angle (degrees, counter-clockwise on screen) about its centre."""
-    a = torch.tensor(angles) * (math.pi / 180)
-    cos, sin = torch.cos(a), torch.sin(a)
-    theta = torch.stack([torch.stack([cos, -sin, torch.zeros_like(a)], 1), torch.stack([sin, cos, torch.zeros_like(a)], 1)], 1)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=True)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=True)
-
-
-def _roll_face(face: Face, angle: float, side: int) -> Face:
-    """``face`` in a ``side`` x ``side`` crop turned by ``angle`` degrees (as ``_rolled``): landmarks turned, the
-    box upright around the turned centre."""
-    if angle == 0:
-        return face
-    c = (side - 1) / 2
-    r = math.radians(angle)
-    cos, sin = math.cos(r), math.sin(r)
-
-    def turn(x: float, y: float) -> tuple[float, float]:  # output pixel p reads input at R p: input q lands at R^-1 q
-        dx, dy = x - c, y - c
-        return c + cos * dx + sin * dy, c - sin * dx + cos * dy
-
-    left, top, right, bottom = face.box
-    cx, cy = turn((left + right) / 2, (top + bottom) / 2)
-    half_w, half_h = (right - left) / 2, (bottom - top) / 2
-    return replace(face, box=(cx - half_w, cy - half_h, cx + half_w, cy + half_h),
-                   landmarks=tuple(turn(x, y) for x, y in face.landmarks))  # type: ignore[arg-type]
 
 
 def _save_checkpoint(path: Path, step: int, bank: torch.Tensor, velocity: torch.Tensor, digest: str) -> None:

@@ -97,20 +97,3 @@ def test_the_person_is_picked_in_a_group_photo(parts) -> None:
     chosen = pick_person(photos, "mtcnn", member)
     assert len(photos[1][2]["mtcnn"]) == 2
     assert chosen[Path("two_people.jpg")].box[0] < 600  # Obama stands on the left of two_people.jpg, Biden right
-
-
-def test_a_rolled_crop_and_its_faces_turn_together() -> None:
-    """The roll EOT turns the photo and its landmarks alike: a dot at a landmark stays under it."""
-    from guardkit.enroll import _roll_face, _rolled
-    from guardkit.types import Face
-
-    side = 101
-    crop = torch.zeros(1, 3, side, side)
-    crop[:, :, 30, 70] = 1.0
-    face = Face(0, (60.0, 20.0, 80.0, 40.0), ((70.0, 30.0),) * 5, "arcface5")  # type: ignore[arg-type]
-    for angle in (-8.0, 20.0):
-        turned = _rolled(crop, [angle])
-        y, x = divmod(int(turned[0, 0].argmax()), side)
-        mark = _roll_face(face, angle, side).landmarks[0]
-        assert abs(x - mark[0]) <= 1 and abs(y - mark[1]) <= 1
-        assert (x, y) != (70, 30)
