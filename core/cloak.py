@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from guardkit.align import ARCFACE_TEMPLATE_112, correspondences, similarity_transform
 from guardkit.types import Face
+from guardkit.visibility import l2_cap
 
 @dataclass(frozen=True)
 class Cloak:
@@ -141,7 +142,7 @@ def place(cloak: Cloak, image: torch.Tensor, faces: Sequence[Face], variant: int
     delta = delta.clamp(-cloak.eps, cloak.eps)
     delta = (image + delta).clamp(0, 1) - image
     if cloak.psnr_floor > 0:
-        cap = math.sqrt(delta.numel() * 10 ** (-cloak.psnr_floor / 10))
+        cap = l2_cap(cloak.psnr_floor, delta.numel())
         norm = float(delta.norm())
         if norm > cap:
             delta = delta * (0.999 * cap / norm)

@@ -50,6 +50,13 @@ def save_cloak(cloak: Cloak, path: str | Path) -> Path:
     data = save({"perturbations": tensor}, metadata={"format": FORMAT, "version": str(VERSION),
                                                      "cloak": json.dumps(meta, sort_keys=True)})
     path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(path, data)
+    return path
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """``data`` to ``path`` through a temporary file in the same folder, then renamed: a reader sees the old
+    file or the whole new one, never a part (cloak files and enrolment checkpoints)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -58,7 +65,6 @@ def save_cloak(cloak: Cloak, path: str | Path) -> Path:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return path
 
 
 def load_cloak(path: str | Path) -> Cloak:

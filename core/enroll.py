@@ -32,7 +32,7 @@ from guardkit.errors import NoFaceError
 from guardkit.geometry import jitter_chips, jitter_faces
 from guardkit.transfer import direction
 from guardkit.types import Face
-from guardkit.visibility import project_l2
+from guardkit.visibility import l2_cap, project_l2
 
 
 @dataclass(frozen=True)
@@ -153,7 +153,8 @@ def enroll_samples(samples: Sequence[Sample], members: Sequence[Member], setting
     if s.centroid:  # push away from the person (the mean of every photo), not from each photo's own embedding
         references = {n: r.mean(dim=0, keepdim=True).expand_as(r) for n, r in references.items()}
     targets = decoys(s.variants, {n: r.shape[1] for n, r in references.items()}, s.seed)
-    l2 = math.sqrt(3 * s.frame * s.frame / s.coverage * 10 ** (-s.psnr_floor / 10)) if s.psnr_floor > 0 else None
+    # the frame's L2 cap, as if the frame covered ``coverage`` of the photo
+    l2 = l2_cap(s.psnr_floor, 3 * s.frame * s.frame) / math.sqrt(s.coverage) if s.psnr_floor > 0 else None
     bank = torch.zeros(s.variants, 3, s.frame, s.frame)
     velocity = torch.zeros_like(bank)
     start = 0
@@ -224,17 +225,12 @@ def _objective(perturbations: torch.Tensor, samples: Sequence[Sample], members: 
 
 
 def _save_checkpoint(path: Path, step: int, bank: torch.Tensor, velocity: torch.Tensor, digest: str) -> None:
-    import os
-    import tempfile
-
     from safetensors.torch import save
 
-    data = save({"bank": bank.contiguous(), "velocity": velocity.contiguous()},
-                metadata={"step": str(step), "digest": digest})
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, path)
+    from guardkit.cloak_file import write_atomically
+
+    write_atomically(path, save({"bank": bank.contiguous(), "velocity": velocity.contiguous()},
+                                metadata={"step": str(step), "digest": digest}))
 
 
 def _resume(path: Path, digest: str, like: torch.Tensor) -> tuple[int, torch.Tensor, torch.Tensor]:

@@ -24,6 +24,7 @@ from guardkit.cloak_file import load_cloak
 from guardkit.config import Budget, RunConfig
 from guardkit.transfer import fit_quantized
 from guardkit.types import Face, WeightedLoss
+from guardkit.visibility import l2_cap
 
 
 class PersonalCloak:
@@ -65,7 +66,7 @@ class PersonalCloak:
             delta = delta.clamp(-budget.eps, budget.eps)
             cap = math.inf
             if self.cloak.psnr_floor > 0:
-                cap = math.sqrt(image.numel() * 10 ** (-self.cloak.psnr_floor / 10))
+                cap = l2_cap(self.cloak.psnr_floor, image.numel())
             out[index] = fit_quantized(image[None], delta[None], torch.tensor([cap]))[0].to(images.dtype)
             others = len(found) - len(chosen)
             said = []
