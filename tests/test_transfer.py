@@ -14,9 +14,9 @@ from guardkit.config import Budget, RunConfig
 from guardkit.engine import Engine
 from guardkit.ensemble import Member, parse_models
 from guardkit.errors import CapabilityError, ConfigError
-from guardkit.geometry import jitter_faces
+from guardkit.geometry import jitter_faces, shift_face
 from guardkit.plugins.losses.face import FaceDistance
-from guardkit.plugins.methods.fr_cloak import FrCloak, decoy_directions
+from guardkit.plugins.methods.fr_cloak import FrCloak, decoy_directions, member_term, surroundings
 from guardkit.strength import Strength, apply_strength
 from guardkit.testing import TinyFaceModel
 from guardkit.transfer import transfer_pgd
@@ -245,3 +245,32 @@ def test_decoys_push_two_photos_of_one_face_apart(models, photo):
                 for x in (photo, twin)]
         apart.append(float(distance(a, outs[0], outs[1], face)))
     assert apart[1] > apart[0], apart
+
+
+def test_the_cap_fades_only_the_dodging_term_not_the_decoy_pull():
+    """Once a model is fooled (its dodging term far past ``cap``), the decoy keeps its whole weight: the rest of
+    the budget goes to scattering the photos, not to pushing every photo of a person the same way."""
+    dodge = torch.tensor([0.1, 8.0], requires_grad=True)
+    pull = torch.tensor([0.2, 0.2], requires_grad=True)
+    member_term(dodge, pull, cap=1.5, decoy=2.0).sum().backward()
+    assert dodge.grad[0] > 0.9 and dodge.grad[1] < 1e-3  # saturated dodging: no gradient left
+    assert torch.allclose(pull.grad, torch.tensor([2.0, 2.0]))  # the pull: full weight either way
+    assert torch.equal(member_term(dodge, None, cap=0.0, decoy=2.0), dodge)
+
+
+def test_a_saturated_cap_hands_the_budget_to_the_decoy(models, photo):
+    """With a cap so small that the dodging term saturates at once, the optimisation still moves the face
+    towards its decoy (were the pull inside the cap, its gradient would vanish with the dodging one)."""
+    a, _ = models
+    face = [face_at(40, 38, 16, "")]
+    loss = [WeightedLoss(1.0, FaceDistance(), "face-distance")]
+    x0, y0, x1, y1, _ = surroundings(photo, face, FrCloak(RunConfig(), face_model=a, losses=loss).config.surround)
+    with torch.no_grad():
+        clean = a.embed(a.align(photo, face))
+    decoy = decoy_directions(photo[:, :, y0:y1, x0:x1], [shift_face(face[0], -x0, -y0)], clean.shape[1], seed=0)
+    out = FrCloak(RunConfig(), face_model=a, losses=loss, eot="", decoy=2.0, cap=1e-4).protect(
+        photo, face, Budget(eps=16 / 255, steps=20))
+    with torch.no_grad():
+        moved = a.embed(a.align(out, face))
+    before, after = (float(torch.nn.functional.cosine_similarity(e, decoy)) for e in (clean, moved))
+    assert after > before + 0.08, (before, after)

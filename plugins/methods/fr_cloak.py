@@ -61,8 +61,8 @@ class FrCloakConfig:
     side (feathered at its edge). ``momentum`` / ``smooth``: MI-FGSM's decay and TI's Gaussian sigma as a
     fraction of the face side. ``step_fraction``: first step as a fraction of each pixel's bound.
     ``texture_floor``: flat pixels may move ``texture_floor * eps``, textured ones ``eps`` (1 = plain L-inf).
-    ``psnr_floor``: whole-photo PSNR the result keeps (0 = none). ``cap``: a model's term, in units of its
-    own threshold, saturates softly at ``cap`` so the others get the gradient (0 = no cap).
+    ``psnr_floor``: whole-photo PSNR the result keeps (0 = none). ``cap``: a model's dodging term, in units of
+    its own threshold, saturates softly at ``cap`` so the others and the decoy get the gradient (0 = no cap).
     ``decoy``: weight of a pull towards a random direction of each model's embedding space, drawn per face
     from the photo's own pixels and the seed: two photos of one person are pushed apart from each other,
     not only from the person (unlinkability, Fawkes #95); 0 = none.
@@ -115,11 +115,12 @@ class FrCloak:
                                       "cap": 1.5, "decoy": 2.0},
                         summary="L-inf 8/255, whole-photo PSNR >= 38 dB, texture-aware; wider crops and surroundings "
                                 "for face recognition guardkit has never seen; once a model is fooled (1.5x its "
-                                "threshold) each photo is pushed towards its own decoy, so protected photos drift apart",
+                                "threshold) the rest of the budget pushes each photo towards its own decoy, so "
+                                "protected photos drift apart",
                         measured="shared photos, vs another photo (benchmarks/transfer.py --strength mid): dlib > 0.6 "
-                                 "on 6 of 6 faces (worst 0.68), FaceNet unmatched on 6 of 6 (worst cosine 0.32), "
-                                 "PSNR 38.4-42.3 dB, 6-8 s per photo; protected vs protected: dlib 0.60-0.95, FaceNet "
-                                 "0.11-0.74 (obama/obama2 0.47 and the same sitting 0.74 still link)"),
+                                 "on 6 of 6 faces (worst 0.71), FaceNet unmatched on 6 of 6 (worst cosine 0.32), "
+                                 "PSNR 38.4-42.4 dB, 6-8 s per photo on 2 threads; protected vs protected: dlib "
+                                 "0.64-0.84, FaceNet 0.04-0.58 (obama/obama2 0.38; the same sitting 0.58 still links)"),
         "high": Strength(16 / 255, 60, {"psnr_floor": 33.3, "texture_floor": 0.5, "surround": 0.35,
                                         "crop_scale": 0.1, "crop_shift": 0.05, "crop_rotation": 5.0},
                          summary="L-inf 16/255, whole-photo PSNR >= 33 dB: visible; when not being found matters more"),
@@ -218,12 +219,11 @@ class FrCloak:
                 view = View(region, x_adv, moved, face_model=member.model, reference_embeddings=reference.repeat(repeat, 1),
                             chip_transform=chip_transform if cfg.chip_jitter else None,
                             target_embeddings=None if target is None else target.repeat(repeat, 1))
-                term = combine(self.losses, view) / member.model.threshold
+                pull = None
                 if decoys is not None and target is None:
-                    pull = F.cosine_similarity(view.embeddings, decoys.repeat(len(view.embeddings) // len(decoys), 1), dim=1)
-                    term = term + cfg.decoy * view.per_image_mean(pull)
-                if cfg.cap > 0:
-                    term = cfg.cap * torch.tanh(term / cfg.cap)
+                    pull = view.per_image_mean(F.cosine_similarity(
+                        view.embeddings, decoys.repeat(len(view.embeddings) // len(decoys), 1), dim=1))
+                term = member_term(combine(self.losses, view) / member.model.threshold, pull, cap=cfg.cap, decoy=cfg.decoy)
                 total = total + member.weight * term
             return total
 
@@ -239,6 +239,15 @@ class FrCloak:
         out = start.clone()
         out[:, :, y0:y1, x0:x1] = protected
         return out
+
+
+def member_term(dodge: torch.Tensor, pull: torch.Tensor | None, *, cap: float, decoy: float) -> torch.Tensor:
+    """One model's share of the objective per photo: ``dodge`` (the losses in units of the model's threshold)
+    saturating softly at ``cap`` (0: no cap), plus ``decoy`` times ``pull`` (the cosine to the photo's decoy
+    direction). The pull stays outside the cap: once the model is fooled, the dodging gradient fades and the
+    rest of the budget moves each photo towards its own decoy, so protected photos of one person drift apart."""
+    term = cap * torch.tanh(dodge / cap) if cap > 0 else dodge
+    return term if pull is None else term + decoy * pull
 
 
 def decoy_directions(region: torch.Tensor, faces: Sequence[Face], dim: int, seed: int) -> torch.Tensor:
