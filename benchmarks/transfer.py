@@ -1,7 +1,9 @@
 """Protection and transfer benchmark: protect the shared photos, then judge them in separate processes.
 
 Judges: dlib's own C++ pipeline (``judge_dlib.py``) and, where its environment exists, FaceNet run by
-OpenCV's DNN with its own MTCNN (``judge_facenet.py``, independent of guardkit's port). Each probe is
+OpenCV's DNN with its own MTCNN (``judge_facenet.py``, independent of guardkit's port); then the same two
+models through crops that are not their own (``judge_crops.py``: what a change of detector and alignment
+does to the protection). Each probe is
 compared with *another* photo of the same person, as saved and after a JPEG q75 re-save, and, for
 unlinkability, protected photos are compared with each other. Attack one model and judge the other to
 measure transfer (``--fr dlib`` then look at FaceNet).
@@ -97,6 +99,8 @@ def main() -> int:
         print(f"\n== {name} judge: protected vs protected (unlinkability)")
         status |= subprocess.call([*command, str(out), "--faces", str(refs)])
     shutil.rmtree(refs, ignore_errors=True)
+    print("\n== the same models through other pipelines' crops (guardkit's ports, benchmarks/judge_crops.py)")
+    status |= subprocess.call([sys.executable, str(HERE / "judge_crops.py"), str(out)])
     return status
 
 

@@ -15,6 +15,7 @@ import torch
 from guardkit.types import Encoder, Face, FaceModel
 
 ChipTransform = Callable[[torch.Tensor], torch.Tensor]
+Aligner = Callable[[torch.Tensor, Sequence[Face]], torch.Tensor]
 
 
 class View:
@@ -29,6 +30,8 @@ class View:
         chip_transform: optional EOT transform ``[N,3,S,S] -> [K*N,3,S,S]`` applied to the chips
             (rows ordered K blocks of N).
         target_embeddings: optional [N, D] embeddings of a target identity (impersonation).
+        aligner: optional ``(images, faces) -> chips`` that cuts the chips instead of the face model's own
+            ``align`` (another pipeline's crop, read by this model; the reference must be cut the same way).
         encoder: the image encoder (VAE), or None.
         clean_latent: ``encoder.encode`` of the clean batch (computed once by the method; lazily if None).
         target_latent / target_image: targets of targeted attacks (PhotoGuard, VAE attack).
@@ -46,6 +49,7 @@ class View:
         reference_embeddings: torch.Tensor | None = None,
         chip_transform: ChipTransform | None = None,
         target_embeddings: torch.Tensor | None = None,
+        aligner: Aligner | None = None,
         encoder: Encoder | None = None,
         clean_latent: torch.Tensor | None = None,
         target_latent: torch.Tensor | None = None,
@@ -61,6 +65,7 @@ class View:
         self._reference = reference_embeddings
         self._target = target_embeddings
         self._chip_transform = chip_transform
+        self._aligner = aligner
         self.encoder = encoder
         self._clean_latent = clean_latent
         self.target_latent = target_latent
@@ -106,7 +111,8 @@ class View:
     @cached_property
     def chips(self) -> torch.Tensor:
         """The faces of ``face_images`` aligned to the face model's chip (after the EOT transform, if any)."""
-        chips = self._require_face_model().align(self.face_images, self.faces)
+        align = self._aligner or self._require_face_model().align
+        chips = align(self.face_images, self.faces)
         return self._chip_transform(chips) if self._chip_transform is not None else chips
 
     @cached_property
@@ -127,8 +133,8 @@ class View:
         """Clean embeddings, one row per row of ``embeddings``."""
         if self._reference is None:
             with torch.no_grad():
-                self._reference = self._require_face_model().embed(
-                    self._require_face_model().align(self.clean, self.faces))
+                align = self._aligner or self._require_face_model().align
+                self._reference = self._require_face_model().embed(align(self.clean, self.faces))
         return self._tile(self._reference)
 
     @cached_property
