@@ -24,9 +24,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from guardkit.align import template_aligner
 from guardkit.config import RunConfig
 from guardkit.engine import Engine
-from guardkit.plugins.methods.fr_cloak import template_aligner
 from guardkit.types import Face
 
 HERE = Path(__file__).resolve().parent

@@ -7,7 +7,7 @@ Face models that align by a plain 5-point similarity (ArcFace's 112x112 template
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -72,6 +72,17 @@ def similarity_align(images: torch.Tensor, faces: Sequence[Face], template: np.n
     source = images[[f.image_index for f in faces]]
     grid = F.affine_grid(theta, [len(faces), images.shape[1], size, size], align_corners=True)
     return F.grid_sample(source, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+
+
+def template_aligner(size: int) -> Callable[[torch.Tensor, Sequence[Face]], torch.Tensor]:
+    """Faces cut as ArcFace pipelines cut them (a similarity fit of the five points to insightface's 112 px
+    template), scaled to a ``size`` px chip."""
+    template = ARCFACE_TEMPLATE_112 * (size / 112.0)
+
+    def align(images: torch.Tensor, faces: Sequence[Face]) -> torch.Tensor:
+        return similarity_align(images, faces, template, size)
+
+    return align
 
 
 @torch.compiler.disable  # host work: outside any compiled graph, and its cache honoured

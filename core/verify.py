@@ -6,6 +6,11 @@ model's own face finder (its ``default_finder``, see ``guardkit.ensemble.finder_
 reference photo; a probe's distance is the smallest over the faces found in it (the worst case for the
 protection). Each row says whether its model was attacked (in ``attacked``, by default guardkit's default
 ensemble) or held out: a held-out model's row is the figure that predicts face recognition guardkit never saw.
+
+Each model also reads the faces through another pipeline's crop (``crops``: ``own``, the model's own
+alignment, and ``template``, the ArcFace 5-point template most face recognition services use, scaled to the
+model's chip): a perturbation fitted to one crop can lose much of its effect under another, even for the
+same network, and a service guardkit never saw crops its own way.
 """
 
 from __future__ import annotations
@@ -15,14 +20,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+from guardkit.align import template_aligner
 from guardkit.arrays import image_to_tensor, tensor_to_image
 from guardkit.config import RunConfig
 from guardkit.engine import DEFAULT_FACE_FINDER, DEFAULT_FACE_MODELS, DEFAULT_VERIFY_PURIFY
 from guardkit.ensemble import finder_of
-from guardkit.errors import GuardkitError, NoFaceError
+from guardkit.errors import ConfigError, GuardkitError, NoFaceError
 from guardkit.imageio import load_rgb
 
 DEFAULT_PURIFY = DEFAULT_VERIFY_PURIFY  # the purifications tried by default (the engine's table of defaults)
+CROPS = ("own", "template")  # the model's own alignment; the ArcFace 5-point template at the model's chip size
 
 
 @dataclass
@@ -33,6 +40,7 @@ class VerifyRow:
     threshold: float
     metric: str
     attacked: bool = False
+    crop: str = "own"
 
     @property
     def decision(self) -> str:
@@ -43,11 +51,16 @@ class VerifyRow:
 
 def verify(engine, protected: str | Path, reference: str | Path, *, face_models: Sequence[str] | None = None,
            purify: Sequence[str] = DEFAULT_PURIFY, run: RunConfig | None = None,
-           attacked: Sequence[str] | None = None,
+           attacked: Sequence[str] | None = None, crops: Sequence[str] = CROPS,
            on_warning: Callable[[str], None] | None = None) -> list[VerifyRow]:
-    """Rows of (face model, purification) for ``protected`` against ``reference``. ``attacked``: the face
-    models the protection was made against (default: ``guardkit.engine.DEFAULT_FACE_MODELS``)."""
+    """Rows of (face model, crop, purification) for ``protected`` against ``reference``. ``attacked``: the
+    face models the protection was made against (default: ``guardkit.engine.DEFAULT_FACE_MODELS``);
+    ``crops``: which of :data:`CROPS` each model reads the faces through."""
     import torch
+
+    unknown = [c for c in crops if c not in CROPS]
+    if unknown or not crops:
+        raise ConfigError(f"unknown crop {', '.join(unknown) or '(none given)'}; known: {', '.join(CROPS)}")
 
     run = run or RunConfig()
     attacked = tuple(DEFAULT_FACE_MODELS if attacked is None else attacked)
@@ -84,14 +97,19 @@ def verify(engine, protected: str | Path, reference: str | Path, *, face_models:
         except GuardkitError as exc:
             warn(f"face model {name} skipped: {exc}")
             continue
+        reference_tensor = image_to_tensor(reference_image, device)
         with torch.no_grad():
-            ref = model.embed(model.align(image_to_tensor(reference_image, device), reference_faces[:1]))
-            for purification, image in probes.items():
-                faces = found[purification]
-                if not faces:
-                    rows.append(VerifyRow(name, purification, math.nan, model.threshold, model.metric, name in attacked))
-                    continue
-                emb = model.embed(model.align(image_to_tensor(image, device), faces))
-                distance = float(model.distance(emb, ref.expand_as(emb)).min())
-                rows.append(VerifyRow(name, purification, distance, model.threshold, model.metric, name in attacked))
+            own_chip = model.align(reference_tensor, reference_faces[:1])
+            aligners = {"own": model.align, "template": template_aligner(own_chip.shape[-1])}
+            for crop in crops:
+                align = aligners[crop]
+                ref = model.embed(own_chip if crop == "own" else align(reference_tensor, reference_faces[:1]))
+                for purification, image in probes.items():
+                    faces = found[purification]
+                    distance = math.nan
+                    if faces:
+                        emb = model.embed(align(image_to_tensor(image, device), faces))
+                        distance = float(model.distance(emb, ref.expand_as(emb)).min())
+                    rows.append(VerifyRow(name, purification, distance, model.threshold, model.metric,
+                                          name in attacked, crop))
     return rows

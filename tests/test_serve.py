@@ -121,9 +121,14 @@ def test_verify_gives_the_per_model_table(client, photo, faces_dir):
                            data={"fr": "dlib", "purify": "none,jpeg75"})
     assert response.status_code == 200, response.text
     rows = response.json()["rows"]
-    assert [(r["face_model"], r["purify"]) for r in rows] == [("dlib", "none"), ("dlib", "jpeg75")]
+    assert [(r["face_model"], r["crop"], r["purify"]) for r in rows] == [
+        ("dlib", "own", "none"), ("dlib", "own", "jpeg75"), ("dlib", "template", "none"), ("dlib", "template", "jpeg75")]
     assert rows[0]["decision"] == "match" and rows[0]["distance"] < rows[0]["threshold"]  # the same person, unprotected
     assert_one_line_error(client.post("/v1/verify", files={"file": ("a.jpg", photo, "image/jpeg")}), 400)
+    sideways = client.post("/v1/verify", files={"file": ("a.jpg", photo, "image/jpeg"),
+                                                 "reference": ("b.jpg", reference, "image/jpeg")},
+                           data={"fr": "dlib", "crops": "sideways"})
+    assert sideways.status_code in (400, 422) and "unknown crop sideways" in sideways.text
 
 
 def decompression_bomb() -> bytes:

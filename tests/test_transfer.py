@@ -14,11 +14,11 @@ from guardkit.config import Budget, RunConfig
 from guardkit.engine import Engine
 from guardkit.ensemble import Member, parse_models
 from guardkit.errors import CapabilityError, ConfigError
-from guardkit.align import ARCFACE_TEMPLATE_112, similarity_align
+from guardkit.align import ARCFACE_TEMPLATE_112, similarity_align, template_aligner
 from guardkit.geometry import jitter_faces
 from guardkit.view import View
 from guardkit.plugins.losses.face import FaceDistance
-from guardkit.plugins.methods.fr_cloak import FrCloak, decoy_directions, member_term, template_aligner
+from guardkit.plugins.methods.fr_cloak import FrCloak, decoy_directions, member_term
 from guardkit.strength import Strength, apply_strength
 from guardkit.testing import TinyFaceModel
 from guardkit.transfer import transfer_pgd

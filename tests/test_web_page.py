@@ -105,6 +105,7 @@ def test_protect_a_photo_from_the_page(server_url, browser, faces_dir, tmp_path)
     assert not error.is_displayed(), error.text
     rows = browser.find_elements(By.CSS_SELECTOR, "#verify-table tbody tr")
     assert rows and all(r.find_elements(By.TAG_NAME, "td")[0].text == "dlib" for r in rows)
+    assert {r.find_elements(By.TAG_NAME, "td")[1].text for r in rows} == {"its own", "ArcFace template"}
     assert browser.find_element(By.ID, "after").get_attribute("naturalWidth") == "320"
 
     browser.find_element(By.ID, "toggle").click()  # before / after

@@ -137,13 +137,17 @@ def verify_command(
     attacked: Annotated[Optional[str], typer.Option(
         help="Face models the protection attacked (default: guardkit's default ensemble); the others are "
              "reported as held out.")] = None,
+    crops: Annotated[str, typer.Option(
+        help="Crops each model reads the faces through: own (its own alignment) and template (the ArcFace "
+             "5-point template most services use).")] = "own,template",
     weights_dir: WeightsDirOpt = None,
     disable_plugin: DisableOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Distances and match / no-match under every installed face model, before and after purification.
+    """Distances and match / no-match under every installed face model, through its own crop and another
+    pipeline's, before and after purification.
 
-    Exit code 0 when no face model matches the protected photo to the reference under any purification."""
+    Exit code 0 when no face model matches the protected photo to the reference under any crop or purification."""
     from guardkit.config import RunConfig
     from guardkit.engine import DEFAULT_VERIFY_PURIFY, Engine
     from guardkit.verify import verify
@@ -152,19 +156,20 @@ def verify_command(
     rows = verify(engine, protected, reference, face_models=_names(fr) if fr else None,
                   purify=DEFAULT_VERIFY_PURIFY if purify is None else _names(purify),
                   run=RunConfig(weights_dir=weights_dir), attacked=_names(attacked) if attacked else None,
-                  on_warning=warn)
+                  crops=_names(crops), on_warning=warn)
     if as_json:
-        out_console.print_json(json.dumps([{"face_model": r.face_model, "purify": r.purify,
+        out_console.print_json(json.dumps([{"face_model": r.face_model, "crop": r.crop, "purify": r.purify,
                                             "distance": None if math.isnan(r.distance) else r.distance,
                                             "threshold": r.threshold, "metric": r.metric, "decision": r.decision,
                                             "attacked": r.attacked}
                                            for r in rows]))
     else:
         table = Table(title=f"{protected.name} vs {reference.name}")
-        for column in ("face model", "role", "purification", "distance", "threshold", "decision"):
+        for column in ("face model", "role", "crop", "purification", "distance", "threshold", "decision"):
             table.add_column(column)
         for r in rows:
-            table.add_row(r.face_model, "attacked" if r.attacked else "held out", r.purify, "-" if math.isnan(r.distance) else f"{r.distance:.3f}",
+            table.add_row(r.face_model, "attacked" if r.attacked else "held out", r.crop, r.purify,
+                          "-" if math.isnan(r.distance) else f"{r.distance:.3f}",
                           f"{r.threshold:g} ({r.metric})", r.decision)
         out_console.print(table)
     if any(r.decision == "match" for r in rows):

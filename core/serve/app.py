@@ -31,7 +31,7 @@ from guardkit.serve.pool import Busy, TimeLimit, WorkerPool
 from guardkit.serve.settings import ServeSettings
 from guardkit.serve.uploads import Form, UploadError, check_photo_part, read_form, store_photo
 from guardkit.serve.worker import PhotoFailed, ProtectOptions, protect_photo, verify_photo
-from guardkit.verify import DEFAULT_PURIFY
+from guardkit.verify import CROPS, DEFAULT_PURIFY
 
 log = logging.getLogger("guardkit.serve")
 
@@ -59,7 +59,9 @@ VERIFY_BODY = {"requestBody": {"required": True, "content": {"multipart/form-dat
     "type": "object", "required": ["file", "reference"], "properties": {
         "file": _PHOTO_FORM, "reference": {**_PHOTO_FORM, "description": "Another photo of the same person."},
         "fr": {"type": "string", "description": "Face models, comma-separated (default: every installed one)."},
-        "purify": {"type": "string", "description": f"Purifications, comma-separated (default {','.join(DEFAULT_PURIFY)})."}}}}}}}
+        "purify": {"type": "string", "description": f"Purifications, comma-separated (default {','.join(DEFAULT_PURIFY)})."},
+        "crops": {"type": "string", "description": f"Crops each model reads the faces through, comma-separated "
+                                                   f"(default {','.join(CROPS)}: its own and the ArcFace template)."}}}}}}}
 
 
 def error(status: int, message: str, headers: dict[str, str] | None = None, *, root: Path | None = None) -> JSONResponse:
@@ -147,8 +149,9 @@ def create_app(settings: ServeSettings = ServeSettings(), *,
         parts = {name: check_photo_part(form, name) for name in ("file", "reference")}
         fr = _names(form.text("fr")) or (list(settings.face_models) if settings.face_models else None)
         purify = _names(form.text("purify")) or list(DEFAULT_PURIFY)
+        crops = _names(form.text("crops")) or list(CROPS)
         result = await _in_worker(request, parts, lambda engine, paths, folder, on_step: verify_photo(
-            engine, paths["file"], paths["reference"], face_models=fr, purify=purify, base=base))
+            engine, paths["file"], paths["reference"], face_models=fr, purify=purify, crops=crops, base=base))
         return JSONResponse({"rows": result.rows, "warnings": result.warnings})
 
     async def _in_worker(request: Request, parts: dict, job: Callable) -> Any:

@@ -96,13 +96,13 @@ class Verified:
 
 
 def verify_photo(engine: Engine, photo: Path, reference: Path, *, face_models: Sequence[str] | None,
-                 purify: Sequence[str], base: RunConfig = RunConfig()) -> Verified:
+                 purify: Sequence[str], crops: Sequence[str] | None = None, base: RunConfig = RunConfig()) -> Verified:
     """``guardkit.verify.verify`` (the same table as ``guardkit verify --json``)."""
-    from guardkit.verify import verify
+    from guardkit.verify import CROPS, verify
 
     warnings: list[str] = []
     rows = verify(engine, photo, reference, face_models=face_models, purify=purify, run=base,
-                  on_warning=warnings.append)
-    return Verified([{"face_model": r.face_model, "purify": r.purify,
+                  crops=CROPS if crops is None else crops, on_warning=warnings.append)
+    return Verified([{"face_model": r.face_model, "crop": r.crop, "purify": r.purify,
                       "distance": None if math.isnan(r.distance) else r.distance,
                       "threshold": r.threshold, "metric": r.metric, "decision": r.decision} for r in rows], warnings)

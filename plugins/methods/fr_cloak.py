@@ -27,13 +27,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Mapping, Sequence
+from typing import Any, ClassVar, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from guardkit import hookimpl
-from guardkit.align import ARCFACE_TEMPLATE_112, similarity_align
+from guardkit.align import template_aligner
 from guardkit.attack import combine
 from guardkit.cloak import choose_faces, place
 from guardkit.cloak_file import load_cloak
@@ -270,17 +270,6 @@ def member_term(dodge: torch.Tensor, pull: torch.Tensor | None, *, cap: float, d
     that was not attacked (benchmarks/README.md)."""
     term = dodge if pull is None else dodge + decoy * pull
     return cap * torch.tanh(term / cap) if cap > 0 else term
-
-
-def template_aligner(size: int) -> Callable[[torch.Tensor, Sequence[Face]], torch.Tensor]:
-    """Faces cut as ArcFace pipelines cut them (a similarity fit of the five points to insightface's 112 px
-    template), scaled to a ``size`` px chip."""
-    template = ARCFACE_TEMPLATE_112 * (size / 112.0)
-
-    def align(images: torch.Tensor, faces: Sequence[Face]) -> torch.Tensor:
-        return similarity_align(images, faces, template, size)
-
-    return align
 
 
 def decoy_directions(region: torch.Tensor, faces: Sequence[Face], dim: int, seed: int) -> torch.Tensor:

@@ -45,7 +45,7 @@
     body.textContent = "";
     for (const r of rows) {
       const tr = document.createElement("tr");
-      cell(tr, r.face_model); cell(tr, r.purify);
+      cell(tr, r.face_model); cell(tr, r.crop === "template" ? "ArcFace template" : "its own"); cell(tr, r.purify);
       cell(tr, r.distance === null ? "-" : r.distance.toFixed(3));
       cell(tr, String(r.threshold));
       cell(tr, r.decision, r.decision.replace(" ", "-"));
