@@ -71,6 +71,8 @@ def main() -> int:
     print(f"{'probe':16} {'reference':16} {'crop':17} {'clean':>6} {'saved':>6}")
     unmatched, total = 0, 0
     for probe, reference, _ in PAIRS:
+        if not (args.protected / probe.replace(".jpg", ".protected.png")).is_file():
+            continue
         for name, model, finder, crop, cosine in crops:
             ref = max(embeddings(args.faces / reference, finder, model, crop), key=lambda t: t[0])[1]
             row = []
