@@ -211,10 +211,12 @@ class FrCloak:
             with torch.no_grad():
                 reference = member.model.embed(member.model.align(region, local))
             decoys = decoy_directions(region, local, reference.shape[1], self.run.seed) if cfg.decoy > 0 else None
-            templated = template_aligner(member.model.align(region[:1], local[:1]).shape[-1]) if cfg.template_every else None
-            with torch.no_grad():
-                template_reference = member.model.embed(templated(region, local)) if templated else None
-            terms.append((member, local, reference, self.targets.get(member.name), decoys, templated, template_reference))
+            crops = {"own": (None, reference)}
+            if cfg.template_every:  # the same faces as most services cut them, and their clean embeddings
+                templated = template_aligner(member.model.align(region[:1], local[:1]).shape[-1])
+                with torch.no_grad():
+                    crops["template"] = (templated, member.model.embed(templated(region, local)))
+            terms.append((member, local, crops, self.targets.get(member.name), decoys))
         purifications = parse_eot(cfg.eot)
         draws_of = {name.strip(): int(value) for name, _, value in
                     (pair.partition("=") for pair in cfg.model_draws.split(",") if pair.strip())}
@@ -226,10 +228,9 @@ class FrCloak:
             if purifications and step % cfg.eot_every == 0:
                 x_adv = random_purification(x_adv, purifications, generator)
             total = torch.zeros(images.shape[0], device=images.device)
-            templated_step = cfg.template_every > 0 and step % cfg.template_every == cfg.template_every - 1
-            for member, local, reference, target, decoys, templated, template_reference in terms:
-                if templated_step:
-                    reference = template_reference
+            crop = "template" if cfg.template_every and step % cfg.template_every == cfg.template_every - 1 else "own"
+            for member, local, crops, target, decoys in terms:
+                aligner, reference = crops[crop]
                 wanted = draws_of.get(member.name, cfg.eot_draws)
                 draws = -(-wanted // len(local)) if wanted > 0 else 0
                 moved = jitter_faces(local, draws, generator, scale=cfg.crop_scale, shift=cfg.crop_shift,
@@ -238,7 +239,7 @@ class FrCloak:
                 view = View(region, x_adv, moved, face_model=member.model, reference_embeddings=reference.repeat(repeat, 1),
                             chip_transform=chip_transform if cfg.chip_jitter else None,
                             target_embeddings=None if target is None else target.repeat(repeat, 1),
-                            aligner=templated if templated_step else None)
+                            aligner=aligner)
                 pull = None
                 if decoys is not None and target is None:
                     pull = view.per_image_mean(F.cosine_similarity(
