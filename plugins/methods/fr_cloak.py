@@ -118,17 +118,17 @@ class FrCloak:
                                  "photo on 2 threads"),
         "mid": Strength(8 / 255, 50, {"psnr_floor": 38.3, "texture_floor": 0.6, "surround": 0.35,
                                       "crop_scale": 0.1, "crop_shift": 0.05, "crop_rotation": 5.0,
-                                      "template_every": 2, "cap": 1.5, "decoy": 2.0},
+                                      "template_every": 2, "cap": 1.5, "decoy": 3.0},
                         summary="L-inf 8/255, whole-photo PSNR >= 38 dB, texture-aware; wider crops, the ArcFace "
                                 "template's crop every other step and the surroundings, for face recognition "
                                 "guardkit has never seen; each model's share saturates at 1.5x its threshold and a "
                                 "decoy pull per photo scatters protected photos",
                         measured="shared photos, vs another photo (benchmarks/transfer.py --strength mid): dlib > 0.6 "
-                                 "on 6 of 6 faces (worst 0.67), FaceNet unmatched on 6 of 6 (worst cosine 0.36), "
+                                 "on 6 of 6 faces (worst 0.66), FaceNet unmatched on 6 of 6 (worst cosine 0.37), "
                                  "PSNR 38.3-42.4 dB, 7-9 s per photo on 2 threads; read through other pipelines' "
-                                 "crops (benchmarks/judge_crops.py) 16-18 of 24 unmatched (11 without the template); "
-                                 "protected vs protected: obama/obama2 unlinked (dlib 0.70, FaceNet 0.24), the same "
-                                 "sitting still links (dlib 0.51, FaceNet 0.80)"),
+                                 "crops (benchmarks/judge_crops.py) 16 of 24 unmatched (11 without the template); "
+                                 "protected vs protected: photos of different sittings unlinked (dlib 0.68-0.79, "
+                                 "FaceNet 0.15-0.28), the same sitting still links (dlib 0.57, FaceNet 0.75)"),
         "high": Strength(16 / 255, 60, {"psnr_floor": 33.3, "texture_floor": 0.5, "surround": 0.35,
                                         "crop_scale": 0.1, "crop_shift": 0.05, "crop_rotation": 5.0,
                                         "template_every": 2},
