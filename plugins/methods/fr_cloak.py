@@ -9,7 +9,8 @@ for transfer (``docs/transfer.md`` has the measured effect of each lever):
 - expectation over the crops of pipelines we cannot see: every step re-cuts each face at a randomly
   moved box and landmarks (``guardkit.geometry.jitter_faces``), mirrors and jitters the chip
   (``jitter_chips``, dlib's ``jitter_image`` ranges) and, every other step, JPEG-compresses the photo
-  (BPDA);
+  (BPDA); at ``mid`` and ``high`` every other step each model reads the faces through another pipeline's
+  crop, the ArcFace 5-point template (``template_every``);
 - the whole face and its surroundings move (the faces' boxes grown by ``surround``), not only the
   pixels one chip reads, since another detector's crop reaches further;
 - momentum and Gaussian-smoothed gradients (``guardkit.transfer``);
