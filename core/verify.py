@@ -74,6 +74,7 @@ def verify(engine, protected: str | Path, reference: str | Path, *, face_models:
         probes[spec] = photo if part is None else tensor_to_image(
             part.purify(image_to_tensor(photo, device), torch.Generator(device=device).manual_seed(run.seed)))
 
+    probe_tensors = {spec: image_to_tensor(image, device) for spec, image in probes.items()}
     finders: dict[str, tuple[list, dict]] = {}  # finder -> (reference faces, faces of each probe)
 
     def faces_of(finder_name: str) -> tuple[list, dict]:
@@ -104,11 +105,11 @@ def verify(engine, protected: str | Path, reference: str | Path, *, face_models:
             for crop in crops:
                 align = aligners[crop]
                 ref = model.embed(own_chip if crop == "own" else align(reference_tensor, reference_faces[:1]))
-                for purification, image in probes.items():
+                for purification in probes:
                     faces = found[purification]
                     distance = math.nan
                     if faces:
-                        emb = model.embed(align(image_to_tensor(image, device), faces))
+                        emb = model.embed(align(probe_tensors[purification], faces))
                         distance = float(model.distance(emb, ref.expand_as(emb)).min())
                     rows.append(VerifyRow(name, purification, distance, model.threshold, model.metric,
                                           name in attacked, crop))

@@ -210,11 +210,12 @@ class FrCloak:
         for member, fs in seen:
             local = [shift_face(f, -x0, -y0) for f in fs]
             with torch.no_grad():
-                reference = member.model.embed(member.model.align(region, local))
+                own_chips = member.model.align(region, local)
+                reference = member.model.embed(own_chips)
             decoys = decoy_directions(region, local, reference.shape[1], self.run.seed) if cfg.decoy > 0 else None
             crops = {"own": (None, reference)}
             if cfg.template_every:  # the same faces as most services cut them, and their clean embeddings
-                templated = template_aligner(member.model.align(region[:1], local[:1]).shape[-1])
+                templated = template_aligner(own_chips.shape[-1])
                 with torch.no_grad():
                     crops["template"] = (templated, member.model.embed(templated(region, local)))
             terms.append((member, local, crops, self.targets.get(member.name), decoys))
