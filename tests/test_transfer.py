@@ -313,3 +313,42 @@ def test_template_steps_protect_the_face_as_the_template_cuts_it(loose, photo):
         with torch.no_grad():
             moved.append(float(a.distance(a.embed(align(out, face)), a.embed(align(photo, face)))))
     assert moved[1] > 2 * moved[0], moved
+
+
+def test_chip_jitter_models_mirror_and_jitter_only_the_named_models_chips(models, photo):
+    """``chip_jitter_models``: the named model reads jittered chips, the other one its own aligned chips as they are."""
+    a, b = models
+    faces = [face_at(40, 38, 16, "one"), face_at(42, 40, 17, "two")]
+    members = [Member("tiny", a, "one"), Member("tiny-other", b, "two")]
+    loss = [WeightedLoss(1.0, FaceDistance(), "face-distance")]
+    as_cut = {}
+    for name, model in (("tiny", a), ("tiny-other", b)):
+        seen = as_cut[name] = []
+        align, embed = model.align, model.embed
+
+        def spy_align(images, fs, align=align, seen=seen):
+            chips = align(images, fs)
+            seen.append(["aligned", chips])
+            return chips
+
+        def spy_embed(chips, embed=embed, seen=seen):
+            if chips.requires_grad:
+                seen.append(["embedded", chips])
+            return embed(chips)
+        model.align, model.embed = spy_align, spy_embed
+    try:
+        FrCloak(RunConfig(), face_models=members, losses=loss, eot="", eot_draws=0, decoy=0.0,
+                chip_jitter_models="tiny-other").protect(photo, faces, Budget(eps=4 / 255, steps=2))
+    finally:
+        for model in (a, b):
+            del model.align, model.embed
+
+    def read_as_cut(events):
+        pairs = [(events[i][1], events[i + 1][1]) for i in range(len(events) - 1)
+                 if events[i][0] == "aligned" and events[i + 1][0] == "embedded"]
+        return len(pairs) > 0 and all(cut is read for cut, read in pairs)
+
+    assert read_as_cut(as_cut["tiny"]), "the model left out of chip_jitter_models must read its chips as cut"
+    embedded_other = [e for e in as_cut["tiny-other"] if e[0] == "embedded"]
+    aligned_other = [e[1] for e in as_cut["tiny-other"] if e[0] == "aligned"]
+    assert embedded_other and not any(any(chips is cut for cut in aligned_other) for _, chips in embedded_other)
