@@ -10,11 +10,17 @@ measure transfer (``--fr dlib`` then look at FaceNet).
 
     python benchmarks/transfer.py [--fr dlib,facenet] [--strength low] [--eps 4/255] [--steps N] [-O k=v ...]
                                   [--out DIR] [--threads 2] [--judge-python /work/judge-venv/bin/python]
+                                  [--seeds 0 1 2]
+
+Each run ends with one verdict per face (``verdicts.py``: unmatched by both judges in every column, or not). With
+``--seeds`` the whole run repeats per seed (into ``DIR/seed-N``) and a last table shows each face's verdict per seed:
+at ``low`` a face near a threshold lands on either side of it from seed to seed, so compare settings over seeds.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import statistics
 import subprocess
@@ -30,6 +36,7 @@ from guardkit.config import RunConfig, parse_fraction
 from guardkit.engine import Engine
 from guardkit.ensemble import parse_models
 from guardkit.specs import number
+from verdicts import seed_table, verdict_table, verdicts  # benchmarks/verdicts.py, beside this script
 
 HERE = Path(__file__).resolve().parent
 FACES = HERE.parents[1] / "shared" / "data" / "faces"
@@ -74,6 +81,7 @@ def main() -> int:
     parser.add_argument("--eps", default=None)
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="*", default=None, help="repeat the run per seed; a table at the end")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("-O", "--option", action="append")
     parser.add_argument("--photos", nargs="*", default=PHOTOS)
@@ -83,6 +91,22 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     out = args.out or Path(tempfile.mkdtemp(prefix="guardkit-transfer-"))
+    if not args.seeds:
+        status, _ = run_once(args, out)
+        return status
+    status, by_seed = 0, {}
+    for seed in args.seeds:
+        print(f"\n######## seed {seed}", flush=True)
+        args.seed = seed
+        code, by_seed[seed] = run_once(args, out / f"seed-{seed}")
+        status |= code
+    print("\n== verdicts per seed (dlib worst distance / FaceNet worst cosine)")
+    print(seed_table(by_seed))
+    return status
+
+
+def run_once(args: argparse.Namespace, out: Path) -> tuple[int, list]:
+    """Protect (unless ``--no-protect``) into ``out``, run every judge, print the verdicts; (exit status, verdicts)."""
     if not args.no_protect:
         shutil.rmtree(out, ignore_errors=True)
         protect(args, out)
@@ -93,16 +117,20 @@ def main() -> int:
         judges.append(("facenet", [str(args.judge_python), str(HERE / "judge_facenet.py")]))
     else:
         print(f"FaceNet judge skipped: no {args.judge_python} (see benchmarks/README.md)")
+    rows = {}
     for name, command in judges:
-        print(f"\n== {name} judge: protected vs another clean photo of the person")
-        status |= subprocess.call([*command, str(out)])
-        print(f"\n== {name} judge: protected vs protected (unlinkability)")
+        print(f"\n== {name} judge: protected vs another clean photo of the person", flush=True)
+        status |= subprocess.call([*command, str(out), "--json", str(out / f"judge-{name}.json")])
+        rows[name] = json.loads((out / f"judge-{name}.json").read_text())
+        print(f"\n== {name} judge: protected vs protected (unlinkability)", flush=True)
         status |= subprocess.call([*command, str(out), "--faces", str(refs)])
     shutil.rmtree(refs, ignore_errors=True)
-    print("\n== the same models through other pipelines' crops (guardkit's ports, benchmarks/judge_crops.py)")
+    print("\n== the same models through other pipelines' crops (guardkit's ports, benchmarks/judge_crops.py)", flush=True)
     status |= subprocess.call([sys.executable, str(HERE / "judge_crops.py"), str(out)])
-    return status
-
+    found = verdicts(rows["dlib"], rows.get("facenet", []))
+    print("\n== verdicts: each face against another photo of the person, worst over the judges' columns")
+    print(verdict_table(found), flush=True)
+    return status, found
 
 if __name__ == "__main__":
     sys.exit(main())
