@@ -10,7 +10,7 @@ measure transfer (``--fr dlib`` then look at FaceNet).
 
     python benchmarks/transfer.py [--fr dlib,facenet] [--strength low] [--eps 4/255] [--steps N] [-O k=v ...]
                                   [--out DIR] [--threads 2] [--judge-python /work/judge-venv/bin/python]
-                                  [--seeds 0 1 2]
+                                  [--seeds 0 1 2] [--quick]
 
 Each run ends with one verdict per face (``verdicts.py``: unmatched by both judges in every column, or not). With
 ``--seeds`` the whole run repeats per seed (into ``DIR/seed-N``) and a last table shows each face's verdict per seed:
@@ -88,6 +88,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--judge-python", type=Path, default=DEFAULT_JUDGE_PYTHON)
     parser.add_argument("--no-protect", action="store_true", help="judge what is already in --out")
+    parser.add_argument("--quick", action="store_true", help="only the verdicts: no unlinkability, no other crops")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     out = args.out or Path(tempfile.mkdtemp(prefix="guardkit-transfer-"))
@@ -122,11 +123,13 @@ def run_once(args: argparse.Namespace, out: Path) -> tuple[int, list]:
         print(f"\n== {name} judge: protected vs another clean photo of the person", flush=True)
         status |= subprocess.call([*command, str(out), "--json", str(out / f"judge-{name}.json")])
         rows[name] = json.loads((out / f"judge-{name}.json").read_text())
-        print(f"\n== {name} judge: protected vs protected (unlinkability)", flush=True)
-        status |= subprocess.call([*command, str(out), "--faces", str(refs)])
+        if not args.quick:
+            print(f"\n== {name} judge: protected vs protected (unlinkability)", flush=True)
+            status |= subprocess.call([*command, str(out), "--faces", str(refs)])
     shutil.rmtree(refs, ignore_errors=True)
-    print("\n== the same models through other pipelines' crops (guardkit's ports, benchmarks/judge_crops.py)", flush=True)
-    status |= subprocess.call([sys.executable, str(HERE / "judge_crops.py"), str(out)])
+    if not args.quick:
+        print("\n== the same models through other pipelines' crops (guardkit's ports, benchmarks/judge_crops.py)", flush=True)
+        status |= subprocess.call([sys.executable, str(HERE / "judge_crops.py"), str(out)])
     found = verdicts(rows["dlib"], rows.get("facenet", []))
     print("\n== verdicts: each face against another photo of the person, worst over the judges' columns")
     print(verdict_table(found), flush=True)
