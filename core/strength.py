@@ -48,3 +48,13 @@ def apply_strength(factory: Any, name: str, budget: Budget | None, options: Mapp
     budget = replace(budget or Budget(), eps=preset.eps if eps is None else eps,
                      steps=preset.steps if steps is None else steps)
     return budget, {**preset.options, **dict(options or {})}
+
+
+def stronger_strength(factory: Any, eps: float) -> tuple[str, Strength] | None:
+    """The method's preset with the smallest L-inf cap above ``eps`` (what to suggest when a protection at
+    ``eps`` still leaves a face matched), or None when no preset is stronger."""
+    above = [(preset.eps, name, preset) for name, preset in strengths_of(factory).items() if preset.eps > eps + 1e-9]
+    if not above:
+        return None
+    _, name, preset = min(above, key=lambda t: t[0])
+    return name, preset

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.markup import escape
@@ -19,6 +19,10 @@ from guardkit.config import Budget, RunConfig, parse_fraction
 from guardkit.ensemble import parse_models
 from guardkit.errors import ConfigError
 from guardkit.specs import number
+from guardkit.strength import stronger_strength
+
+if TYPE_CHECKING:
+    from guardkit.engine import Engine
 
 
 def parse_pairs(pairs: list[str] | None, what: str) -> dict[str, str]:
@@ -163,8 +167,30 @@ def run_command(
         }))
     else:
         out_console.print(summary_table(result, result.method or method, budget))
+        advice = stronger_advice(engine, result, result.method or method, budget)
+        if advice:
+            err_console.print(f"[yellow]note:[/] {escape(advice)}", highlight=False, soft_wrap=True)
     if result.failed:
         raise typer.Exit(EXIT_FAILED_PHOTOS)
+
+
+def stronger_advice(engine: Engine, result, method: str, budget: Budget) -> str:
+    """One line when a protected photo's face is still within an attacked model's match threshold of the
+    original photo (the table's MATCH), naming the next stronger preset of the method; "" otherwise."""
+    per_photo = [{m for m, d in (p.distances or {}).items() if math.isfinite(d) and d <= result.thresholds.get(m, math.inf)}
+                 for p in result.photos if p.status == "protected"]
+    per_photo = [models for models in per_photo if models]
+    if not per_photo:
+        return ""
+    photos = "1 photo still matches" if len(per_photo) == 1 else f"{len(per_photo)} photos still match"
+    line = (f"{photos} the original under {', '.join(sorted(set().union(*per_photo)))} at eps "
+            f"{budget.eps * 255:.3g}/255")
+    stronger = stronger_strength(engine.registry.get("method", method).factory, budget.eps)
+    if stronger is None:
+        return line + "; check them with guardkit verify against another photo of the person"
+    name, preset = stronger
+    return (line + f"; --strength {name} (eps {preset.eps * 255:.3g}/255) protects more, and guardkit verify "
+            "checks a photo against another photo of the person")
 
 
 def _finite(value: float) -> float | None:
