@@ -352,3 +352,14 @@ def test_chip_jitter_models_mirror_and_jitter_only_the_named_models_chips(models
     embedded_other = [e for e in as_cut["tiny-other"] if e[0] == "embedded"]
     aligned_other = [e[1] for e in as_cut["tiny-other"] if e[0] == "aligned"]
     assert embedded_other and not any(any(chips is cut for cut in aligned_other) for _, chips in embedded_other)
+
+
+def test_decoys_away_from_the_faces_own_embeddings_are_orthogonal_to_them(photo):
+    faces = [face_at(40, 38, 16, "one"), face_at(60, 40, 12, "one")]
+    plain = decoy_directions(photo, faces, 8, seed=0)
+    own = plain + 0.5 * torch.randn(2, 8, generator=torch.Generator().manual_seed(3))  # leaning towards the draw
+    away = decoy_directions(photo, faces, 8, seed=0, away_from=own)
+    unit = torch.nn.functional.normalize(own, dim=1)
+    assert (plain * unit).sum(1).abs().min() > 0.3
+    assert torch.allclose((away * unit).sum(1), torch.zeros(2), atol=1e-6)
+    assert torch.allclose(away.norm(dim=1), torch.ones(2)) and (away * plain).sum(1).min() > 0
