@@ -132,6 +132,14 @@ def decoys(variants: int, dims: dict[str, int], seed: int) -> dict[str, torch.Te
     return out
 
 
+def orthogonal_to(directions: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+    """``directions`` [N, D] (unit) with their component along ``embeddings`` ([N, D], or [1, D] for all) removed,
+    renormalised: a decoy pull along them scatters protected photos without pulling any back towards the person's
+    own embedding."""
+    own = F.normalize(embeddings.to(directions), dim=1)
+    return F.normalize(directions - (directions * own).sum(1, keepdim=True) * own, dim=1)
+
+
 def photos_digest(samples: Sequence[Sample], settings: EnrollSettings, members: Sequence[Member]) -> str:
     """What a checkpoint belongs to: the enrolment crops, the settings and the models (never stored with the cloak)."""
     digest = hashlib.sha256(repr((settings, [m.name for m in members])).encode())
@@ -153,6 +161,8 @@ def enroll_samples(samples: Sequence[Sample], members: Sequence[Member], setting
     if s.centroid:  # push away from the person (the mean of every photo), not from each photo's own embedding
         references = {n: r.mean(dim=0, keepdim=True).expand_as(r) for n, r in references.items()}
     targets = decoys(s.variants, {n: r.shape[1] for n, r in references.items()}, s.seed)
+    # a decoy never leans back towards the person (one of each opposite pair did)
+    targets = {n: orthogonal_to(t, references[n].mean(0, keepdim=True)) for n, t in targets.items()}
     # the frame's L2 cap, as if the frame covered ``coverage`` of the photo
     l2 = l2_cap(s.psnr_floor, 3 * s.frame * s.frame) / math.sqrt(s.coverage) if s.psnr_floor > 0 else None
     bank = torch.zeros(s.variants, 3, s.frame, s.frame)

@@ -97,3 +97,17 @@ def test_the_person_is_picked_in_a_group_photo(parts) -> None:
     chosen = pick_person(photos, "mtcnn", member)
     assert len(photos[1][2]["mtcnn"]) == 2
     assert chosen[Path("two_people.jpg")].box[0] < 600  # Obama stands on the left of two_people.jpg, Biden right
+
+
+def test_decoys_made_orthogonal_to_the_person_stay_opposite_pairs() -> None:
+    """Enrolment's decoys come in opposite pairs; one of each pair used to lean towards the person's centroid.
+    Made orthogonal to it, neither does, and the pair stays opposite."""
+    from guardkit.enroll import decoys, orthogonal_to
+
+    targets = decoys(4, {"m": 16}, seed=0)["m"]
+    centroid = targets[:1] * 0.8 + torch.randn(1, 16, generator=torch.Generator().manual_seed(1)) * 0.2
+    unit = torch.nn.functional.normalize(centroid, dim=1)
+    assert (targets * unit).sum(1).abs().max() > 0.3  # a draw leaning towards the person, and its opposite away
+    away = orthogonal_to(targets, centroid)
+    assert torch.allclose((away * unit).sum(1), torch.zeros(4), atol=1e-6)
+    assert torch.allclose(away[1], -away[0], atol=1e-6) and torch.allclose(away.norm(dim=1), torch.ones(4))

@@ -43,7 +43,7 @@ from guardkit.ensemble import Member
 from guardkit.eot import parse_eot, random_purification
 from guardkit.geometry import jitter_chips, jitter_faces, shift_face
 from guardkit.strength import Strength
-from guardkit.enroll import same_face
+from guardkit.enroll import orthogonal_to, same_face
 from guardkit.transfer import fit_quantized, transfer_pgd
 from guardkit.types import Face, FaceModel, WeightedLoss
 from guardkit.view import View
@@ -299,10 +299,7 @@ def decoy_directions(region: torch.Tensor, faces: Sequence[Face], dim: int, seed
         digest = (int(pixels.sum()) * 1_000_003 + int(face.box[0]) * 7919 + int(face.box[1]) * 31 + seed) % (2**63)
         rows.append(torch.randn(dim, generator=torch.Generator().manual_seed(digest)))
     directions = F.normalize(torch.stack(rows), dim=1).to(region.device)
-    if away_from is not None:
-        own = F.normalize(away_from.to(directions), dim=1)
-        directions = F.normalize(directions - (directions * own).sum(1, keepdim=True) * own, dim=1)
-    return directions
+    return directions if away_from is None else orthogonal_to(directions, away_from)
 
 
 def surroundings(images: torch.Tensor, faces: Sequence[Face], surround: float
