@@ -141,10 +141,11 @@ class FrCloak:
                                         "crop_scale": 0.1, "crop_shift": 0.05, "crop_rotation": 5.0,
                                         "template_every": 2},
                          summary="L-inf 16/255, whole-photo PSNR >= 33 dB: visible; when not being found matters more",
-                         measured="shared photos, vs another photo (benchmarks/transfer.py --strength high --threads 1): "
-                                  "dlib worst 0.70, FaceNet worst cosine 0.02, other pipelines' crops 24 of 24 "
-                                  "unmatched (22 without the template), PSNR 33.4-37.0 dB, 16 s per photo on 1 thread; "
-                                  "protected photos of one person still link (dlib 0.38-0.63)"),
+                         measured="shared photos, vs another photo (benchmarks/transfer.py --strength high): "
+                                  "unmatched by both in every column on 6 of 6 faces, dlib worst 0.71, FaceNet worst "
+                                  "cosine 0.04, other pipelines' crops 24 of 24 unmatched (22 without the template), "
+                                  "PSNR 33.4-37.0 dB, 8 s per photo on 2 threads; protected photos of one person "
+                                  "still link (dlib 0.36-0.63)"),
     }
 
     def __init__(self, run: RunConfig, *, losses: Sequence[WeightedLoss], face_model: FaceModel | None = None,
