@@ -135,9 +135,9 @@ class FrCloak:
                                  "of 6 faces (the one miss: the 320x240 copy, FaceNet 0.48 after JPEG q75), dlib mean "
                                  "worst 0.73-0.76, PSNR 38.3-42.4 dB, 7-9 s per photo on 2 threads; read through other "
                                  "pipelines' crops (benchmarks/judge_crops.py) 11-15 of 24 unmatched; protected vs "
-                                 "protected: photos of different sittings unlinked as saved (dlib 0.61-0.79, 0.58 under 10 jitters at one "
-                                 "seed; FaceNet 0.13-0.33), "
-                                 "the same sitting still links (dlib 0.56, FaceNet 0.75-0.78)"),
+                                 "protected: photos of different sittings unlinked as saved (dlib 0.61-0.79, 0.58 "
+                                 "under 10 jitters at one seed; FaceNet 0.13-0.33), the same sitting still links "
+                                 "(dlib 0.56, FaceNet 0.75-0.78)"),
         "high": Strength(16 / 255, 60, {"psnr_floor": 33.3, "texture_floor": 0.5, "surround": 0.35,
                                         "crop_scale": 0.1, "crop_shift": 0.05, "crop_rotation": 5.0,
                                         "template_every": 2},
