@@ -135,5 +135,6 @@ def run_once(args: argparse.Namespace, out: Path) -> tuple[int, list]:
     print(verdict_table(found), flush=True)
     return status, found
 
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -177,7 +177,7 @@ def run_command(
 def stronger_advice(engine: Engine, result, method: str, budget: Budget) -> str:
     """One line when a protected photo's face is still within an attacked model's match threshold of the
     original photo (the table's MATCH), naming the next stronger preset of the method; "" otherwise."""
-    per_photo = [{m for m, d in (p.distances or {}).items() if math.isfinite(d) and d <= result.thresholds.get(m, math.inf)}
+    per_photo = [{m for m in reported_models(result) if match_of(result, p, m)[1]}
                  for p in result.photos if p.status == "protected"]
     per_photo = [models for models in per_photo if models]
     if not per_photo:
@@ -193,12 +193,28 @@ def stronger_advice(engine: Engine, result, method: str, budget: Budget) -> str:
             "checks a photo against another photo of the person")
 
 
+def reported_models(result) -> list[str]:
+    """The face models a run reports a distance for: every attacked model, or the single model of older runners."""
+    return list(result.thresholds) or ([result.face_model] if result.face_model else [])
+
+
+def match_of(result, photo, model: str) -> tuple[float, bool | None]:
+    """``photo``'s clean-vs-protected distance under ``model`` (nan when not reported) and whether it is within the
+    model's match threshold (None when the distance or the threshold is unknown)."""
+    d = photo.distances.get(model, math.nan) if photo.distances else \
+        (photo.fr_distance if model == result.face_model else math.nan)
+    threshold = result.thresholds.get(model, result.threshold)
+    if math.isnan(d) or not math.isfinite(threshold):
+        return d, None
+    return d, d <= threshold
+
+
 def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
 def summary_table(result, method: str, budget: Budget) -> Table:
-    models = list(result.thresholds) or ([result.face_model] if result.face_model else [])
+    models = reported_models(result)
     against = " + ".join(models) or "no face model"
     table = Table(title=f"{method} vs {against}, eps {budget.eps * 255:.3g}/255, {budget.steps} steps")
     for column in ("photo", "status", "faces", "L-inf (/255)", "PSNR dB", *(f"{m} distance" for m in models), "s"):
@@ -207,11 +223,10 @@ def summary_table(result, method: str, budget: Budget) -> Table:
         done = p.status == "protected"
         cells = []
         for m in models:
-            d = p.distances.get(m, math.nan) if p.distances else (p.fr_distance if m == result.face_model else math.nan)
-            threshold = result.thresholds.get(m, result.threshold)
+            d, matched = match_of(result, p, m)
             cell = "" if math.isnan(d) else f"{d:.3f}"
-            if cell and math.isfinite(threshold):
-                cell += " (no match)" if d > threshold else " (MATCH)"
+            if matched is not None:
+                cell += " (MATCH)" if matched else " (no match)"
             cells.append(cell)
         table.add_row(p.source.name, p.status if not p.error else "failed", str(p.faces) if done else "",
                       f"{p.linf * 255:.0f}" if done else "", f"{p.psnr:.1f}" if done else "", *cells,
