@@ -18,7 +18,7 @@ from guardkit.align import ARCFACE_TEMPLATE_112, similarity_align, template_alig
 from guardkit.geometry import jitter_faces
 from guardkit.view import View
 from guardkit.plugins.losses.face import FaceDistance
-from guardkit.plugins.methods.fr_cloak import FrCloak, decoy_directions, member_term
+from guardkit.plugins.methods.fr_cloak import FrCloak, decoy_directions, member_term, per_model
 from guardkit.strength import Strength, apply_strength
 from guardkit.testing import TinyFaceModel
 from guardkit.transfer import transfer_pgd
@@ -363,3 +363,21 @@ def test_decoys_away_from_the_faces_own_embeddings_are_orthogonal_to_them(photo)
     assert (plain * unit).sum(1).abs().min() > 0.3
     assert torch.allclose((away * unit).sum(1), torch.zeros(2), atol=1e-6)
     assert torch.allclose(away.norm(dim=1), torch.ones(2)) and (away * plain).sum(1).min() > 0
+
+
+def test_model_weights_scale_each_models_share_of_the_objective(models, photo):
+    """``model_weights``: a model weighted 0 no longer steers the cloak (a model of other weights in its place gives
+    the same photo), while at its default weight 1 it does."""
+    a, b = models
+    other = TinyFaceModel(RunConfig())  # other weights (and metric) in the second model's place
+    faces = [face_at(40, 38, 16, "one"), face_at(42, 40, 17, "two")]
+    loss = [WeightedLoss(1.0, FaceDistance(), "face-distance")]
+
+    def protect(second, **options):
+        members = [Member("tiny", a, "one"), Member("tiny-other", second, "two")]
+        return FrCloak(RunConfig(), face_models=members, losses=loss, eot="", **options).protect(
+            photo, faces, Budget(eps=4 / 255, steps=3))
+
+    assert torch.equal(protect(b, model_weights="tiny-other=0"), protect(other, model_weights="tiny-other=0"))
+    assert not torch.equal(protect(b), protect(other))
+    assert per_model(" dlib=1.3, facenet = 2 ,") == {"dlib": "1.3", "facenet": "2"}
