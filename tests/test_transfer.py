@@ -380,4 +380,7 @@ def test_model_weights_scale_each_models_share_of_the_objective(models, photo):
 
     assert torch.equal(protect(b, model_weights="tiny-other=0"), protect(other, model_weights="tiny-other=0"))
     assert not torch.equal(protect(b), protect(other))
-    assert per_model(" dlib=1.3, facenet = 2 ,") == {"dlib": "1.3", "facenet": "2"}
+    assert per_model(" dlib=1.3, facenet = 2 ,", "model_weights") == {"dlib": 1.3, "facenet": 2.0}
+    for bad in ("dlib=abc", "dlib", "=2", "dlib=-1"):
+        with pytest.raises(ConfigError, match="model_weights takes name=number"):
+            FrCloak(RunConfig(), face_model=a, losses=loss, model_weights=bad)

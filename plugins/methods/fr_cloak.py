@@ -40,6 +40,7 @@ from guardkit.cloak import choose_faces, place
 from guardkit.cloak_file import load_cloak
 from guardkit.config import Budget, RunConfig, build_config
 from guardkit.ensemble import Member
+from guardkit.errors import ConfigError
 from guardkit.eot import parse_eot, random_purification
 from guardkit.geometry import jitter_chips, jitter_faces, shift_face
 from guardkit.strength import Strength
@@ -170,8 +171,10 @@ class FrCloak:
         self.targets = dict(target_embeddings or {})
         cloak = options.pop("cloak", None)
         self.config = build_config(FrCloakConfig, options)
+        self.draws_of = per_model(self.config.model_draws, "model_draws")
+        self.weights_of = per_model(self.config.model_weights, "model_weights")
         if self.config.others not in ("protect", "skip"):
-            raise ValueError(f"others must be protect or skip, got {self.config.others!r}")
+            raise ConfigError(f"others must be protect or skip, got {self.config.others!r}")
         self.cloak = load_cloak(cloak) if isinstance(cloak, (str, Path)) else cloak
         if self.cloak is not None:
             choose_faces([], self.config.cloak_face)  # a bad choice fails before any photo
@@ -238,8 +241,8 @@ class FrCloak:
         named = {n.strip() for n in cfg.chip_jitter_models.split(",") if n.strip()}
         jittered = {m.name for m, _ in seen if cfg.chip_jitter and (not named or m.name in named)}
         purifications = parse_eot(cfg.eot)
-        draws_of = {name: int(value) for name, value in per_model(cfg.model_draws).items()}
-        weight_of = {name: float(value) for name, value in per_model(cfg.model_weights).items()}
+        draws_of = {name: int(value) for name, value in self.draws_of.items()}
+        weight_of = self.weights_of
 
         def chip_transform(chips: torch.Tensor) -> torch.Tensor:
             return jitter_chips(chips, 1, generator)
@@ -282,10 +285,20 @@ class FrCloak:
         return out
 
 
-def per_model(spec: str) -> dict[str, str]:
-    """``"facenet=2,dlib=4"`` -> {"facenet": "2", "dlib": "4"}: a per-model option (blanks dropped)."""
-    pairs = (pair.partition("=") for pair in spec.split(",") if pair.strip())
-    return {name.strip(): value.strip() for name, _, value in pairs}
+def per_model(spec: str, option: str) -> dict[str, float]:
+    """``"facenet=2,dlib=4"`` -> {"facenet": 2.0, "dlib": 4.0}: a per-model option (blanks dropped); anything but
+    ``name=number`` pairs with numbers >= 0 is a ConfigError naming ``option``."""
+    out = {}
+    for pair in (p for p in spec.split(",") if p.strip()):
+        name, _, value = pair.partition("=")
+        try:
+            number = float(value)
+        except ValueError:
+            number = -1.0
+        if not name.strip() or number < 0:
+            raise ConfigError(f"{option} takes name=number pairs (numbers >= 0), got {spec!r}")
+        out[name.strip()] = number
+    return out
 
 
 def member_term(dodge: torch.Tensor, pull: torch.Tensor | None, *, cap: float, decoy: float) -> torch.Tensor:
