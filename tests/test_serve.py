@@ -101,6 +101,9 @@ def test_protect_json_mode(client, photo):
     assert set(body["face_models"]) == set(FR)
     dlib = body["face_models"]["dlib"]
     assert dlib["distance"] > 0 and dlib["threshold"] == pytest.approx(0.6)
+    # one step leaves the face matched: the answer names the next stronger preset, as guardkit run's note does
+    assert any(m["match"] for m in body["face_models"].values())
+    assert body["stronger"] == {"strength": "mid", "eps_255": 8}
     image = Image.open(io.BytesIO(base64.b64decode(body["image_base64"])))
     assert image.format == "JPEG" and image.size == Image.open(io.BytesIO(photo)).size
 
@@ -263,6 +266,7 @@ def test_protect_with_an_uploaded_cloak(client, photo):
     assert body["method"] == "personal-cloak" and body["steps"] == 0 and body["faces"] == 1
     assert 0 < body["linf_255"] <= 8 and body["psnr"] >= 38.3
     assert body["face_models"] == {}  # placed, not optimised: no face recognition model ran
+    assert body["stronger"] is None  # nothing measured, nothing to advise
 
 
 def test_a_bad_cloak_upload_is_one_line(client, photo):

@@ -107,6 +107,8 @@ def test_protect_a_photo_from_the_page(server_url, browser, faces_dir, tmp_path)
     assert rows and all(r.find_elements(By.TAG_NAME, "td")[0].text == "dlib" for r in rows)
     assert {r.find_elements(By.TAG_NAME, "td")[1].text for r in rows} == {"its own", "ArcFace template"}
     assert browser.find_element(By.ID, "after").get_attribute("naturalWidth") == "320"
+    # two steps leave the face matched: the page names the next stronger preset, as guardkit run does
+    assert 'the "mid" strength (8/255) protects more' in browser.find_element(By.ID, "advice").text
 
     browser.find_element(By.ID, "toggle").click()  # before / after
     assert browser.find_element(By.ID, "slider").get_attribute("value") == "100"

@@ -53,7 +53,9 @@ PROTECT_BODY = {"requestBody": {"required": True, "content": {"multipart/form-da
                   "description": "A personal cloak from `guardkit enroll` (.cloak): placed on the face, no optimisation."},
         "face": {"type": "string", "description": "With a cloak: largest (default), all, or N (the N-th largest)."}}}}}},
     "responses": {"200": {"description": "The protected photo (image/png), or with `Accept: application/json` "
-                                         "its summary and the photo base64-encoded.",
+                                         "its summary and the photo base64-encoded; the summary's `stronger` names "
+                                         "the next stronger preset when a face still matches its original "
+                                         "(as `guardkit run`'s note), else null.",
                           "content": {"image/png": {}, "image/jpeg": {}, "application/json": {}}}}}
 VERIFY_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
     "type": "object", "required": ["file", "reference"], "properties": {

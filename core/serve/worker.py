@@ -16,6 +16,7 @@ from guardkit.config import RunConfig
 from guardkit.engine import DEFAULT_METHOD, Engine
 from guardkit.errors import GuardkitError
 from guardkit.imageio import save_image
+from guardkit.strength import stronger_strength
 
 _MEDIA_TYPE = {"png": "image/png", "jpeg": "image/jpeg"}
 
@@ -50,6 +51,7 @@ class Protected:
     eps: float
     steps: int
     seconds: float
+    stronger: tuple[str, float] | None = None  # (preset, its eps) when a face still matches: `guardkit run`'s note
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready (non-finite numbers as None), without the image."""
@@ -61,7 +63,9 @@ class Protected:
                   for name, d in self.distances.items()}
         return {"method": self.method, "eps": self.eps, "steps": self.steps, "faces": self.faces,
                 "linf": self.linf, "linf_255": round(self.linf * 255), "psnr": finite(self.psnr),
-                "face_models": models, "seconds": self.seconds, "media_type": self.media_type}
+                "face_models": models, "seconds": self.seconds, "media_type": self.media_type,
+                "stronger": None if self.stronger is None else {"strength": self.stronger[0],
+                                                                "eps_255": round(self.stronger[1] * 255)}}
 
 
 class PhotoFailed(GuardkitError):
@@ -84,9 +88,12 @@ def protect_photo(engine: Engine, photo: Path, workdir: Path, options: ProtectOp
         raise PhotoFailed(done.error or f"the photo was {done.status}")
     out = workdir / f"protected.{'png' if options.fmt == 'png' else 'jpg'}"
     save_image(done.protected, out, fmt=options.fmt)
+    matched = any(math.isfinite(d) and d <= result.thresholds.get(name, math.inf) for name, d in done.distances.items())
+    stronger = stronger_strength(engine.registry.get("method", result.method or method).factory, budget.eps) \
+        if matched else None
     return Protected(out.read_bytes(), _MEDIA_TYPE[options.fmt], done.faces, done.linf, done.psnr,
                      dict(done.distances), dict(result.thresholds), result.method or method, budget.eps, budget.steps,
-                     done.seconds)
+                     done.seconds, None if stronger is None else (stronger[0], stronger[1].eps))
 
 
 @dataclass

@@ -78,6 +78,10 @@
       $("download").download = stem + ".protected." + (result.media_type === "image/png" ? "png" : "jpg");
       $("numbers").textContent = result.faces + " face(s), largest pixel change " + result.linf_255 +
         "/255, PSNR " + (result.psnr === null ? "-" : result.psnr.toFixed(1)) + " dB, " + result.seconds.toFixed(1) + " s";
+      const stronger = result.stronger;
+      $("advice").hidden = !stronger;
+      $("advice").textContent = stronger ? "Face recognition still matches this photo to the original at this strength: " +
+        "the \"" + stronger.strength + "\" strength (" + stronger.eps_255 + "/255) protects more." : "";
       fill(Object.entries(result.face_models).map(([name, m]) => ({ face_model: name, purify: "protection",
         distance: m.distance, threshold: m.threshold, decision: m.match === null ? "no face" : (m.match ? "match" : "no match") })));
       $("result").hidden = false;
