@@ -53,13 +53,18 @@ class Protected:
     seconds: float
     stronger: tuple[str, float] | None = None  # (preset, its eps) when a face still matches: `guardkit run`'s note
 
+    def matches(self) -> dict[str, bool | None]:
+        """Per face model: is the protected face still within the model's threshold of the original (None: no distance)."""
+        return {name: None if not math.isfinite(d) else d <= self.thresholds.get(name, math.inf)
+                for name, d in self.distances.items()}
+
     def summary(self) -> dict[str, Any]:
         """JSON-ready (non-finite numbers as None), without the image."""
         def finite(x: float) -> float | None:
             return x if math.isfinite(x) else None
 
-        models = {name: {"distance": finite(d), "threshold": self.thresholds.get(name),
-                         "match": None if not math.isfinite(d) else d <= self.thresholds.get(name, math.inf)}
+        matches = self.matches()
+        models = {name: {"distance": finite(d), "threshold": self.thresholds.get(name), "match": matches[name]}
                   for name, d in self.distances.items()}
         return {"method": self.method, "eps": self.eps, "steps": self.steps, "faces": self.faces,
                 "linf": self.linf, "linf_255": round(self.linf * 255), "psnr": finite(self.psnr),
@@ -88,12 +93,13 @@ def protect_photo(engine: Engine, photo: Path, workdir: Path, options: ProtectOp
         raise PhotoFailed(done.error or f"the photo was {done.status}")
     out = workdir / f"protected.{'png' if options.fmt == 'png' else 'jpg'}"
     save_image(done.protected, out, fmt=options.fmt)
-    matched = any(math.isfinite(d) and d <= result.thresholds.get(name, math.inf) for name, d in done.distances.items())
-    stronger = stronger_strength(engine.registry.get("method", result.method or method).factory, budget.eps) \
-        if matched else None
-    return Protected(out.read_bytes(), _MEDIA_TYPE[options.fmt], done.faces, done.linf, done.psnr,
-                     dict(done.distances), dict(result.thresholds), result.method or method, budget.eps, budget.steps,
-                     done.seconds, None if stronger is None else (stronger[0], stronger[1].eps))
+    protected = Protected(out.read_bytes(), _MEDIA_TYPE[options.fmt], done.faces, done.linf, done.psnr,
+                          dict(done.distances), dict(result.thresholds), result.method or method, budget.eps,
+                          budget.steps, done.seconds)
+    if any(protected.matches().values()):
+        stronger = stronger_strength(engine.registry.get("method", protected.method).factory, budget.eps)
+        protected = replace(protected, stronger=None if stronger is None else (stronger[0], stronger[1].eps))
+    return protected
 
 
 @dataclass

@@ -39,7 +39,7 @@ from guardkit.attack import combine
 from guardkit.cloak import choose_faces, place
 from guardkit.cloak_file import load_cloak
 from guardkit.config import Budget, RunConfig, build_config
-from guardkit.ensemble import Member
+from guardkit.ensemble import Member, parse_models
 from guardkit.errors import ConfigError
 from guardkit.eot import parse_eot, random_purification
 from guardkit.geometry import jitter_chips, jitter_faces, shift_face
@@ -238,11 +238,9 @@ class FrCloak:
                 with torch.no_grad():
                     crops["template"] = (templated, member.model.embed(templated(region, local)))
             terms.append((member, local, crops, self.targets.get(member.name), decoys))
-        named = {n.strip() for n in cfg.chip_jitter_models.split(",") if n.strip()}
+        named = set(parse_models(cfg.chip_jitter_models))
         jittered = {m.name for m, _ in seen if cfg.chip_jitter and (not named or m.name in named)}
         purifications = parse_eot(cfg.eot)
-        draws_of = {name: int(value) for name, value in self.draws_of.items()}
-        weight_of = self.weights_of
 
         def chip_transform(chips: torch.Tensor) -> torch.Tensor:
             return jitter_chips(chips, 1, generator)
@@ -254,7 +252,7 @@ class FrCloak:
             crop = "template" if cfg.template_every and step % cfg.template_every == cfg.template_every - 1 else "own"
             for member, local, crops, target, decoys in terms:
                 aligner, reference = crops[crop]
-                wanted = draws_of.get(member.name, cfg.eot_draws)
+                wanted = int(self.draws_of.get(member.name, cfg.eot_draws))
                 draws = -(-wanted // len(local)) if wanted > 0 else 0
                 moved = jitter_faces(local, draws, generator, scale=cfg.crop_scale, shift=cfg.crop_shift,
                                      rotation_deg=cfg.crop_rotation) if draws else local
@@ -268,7 +266,7 @@ class FrCloak:
                     pull = view.per_image_mean(F.cosine_similarity(
                         view.embeddings, decoys.repeat(len(view.embeddings) // len(decoys), 1), dim=1))
                 term = member_term(combine(self.losses, view) / member.model.threshold, pull, cap=cfg.cap, decoy=cfg.decoy)
-                total = total + member.weight * weight_of.get(member.name, 1.0) * term
+                total = total + member.weight * self.weights_of.get(member.name, 1.0) * term
             return total
 
         bound = texture_bound(region, budget.eps, floor=cfg.texture_floor, mask=mask) * mask
