@@ -2,7 +2,8 @@
 
 Each draw applies one randomly chosen purification to the batch, differentiably: ``resize`` (down and
 up again), ``blur`` (Gaussian) and ``jpeg`` (a real Pillow JPEG at a random quality in the forward
-pass and the identity in the backward pass: BPDA, Athalye et al. 2018). Optimising the expected
+pass and, in the backward pass, the gradient of a differentiable JPEG, ``guardkit.jpeg_surrogate``: BPDA,
+Athalye et al. 2018, with a surrogate that knows which changes a re-save keeps). Optimising the expected
 objective over these makes a protection survive them (Athalye et al., "Synthesizing robust
 adversarial examples", 2018).
 """
@@ -15,6 +16,8 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from guardkit.jpeg_surrogate import jpeg_surrogate
 
 PURIFICATIONS = ("jpeg", "resize", "blur")
 
@@ -37,6 +40,18 @@ def _uniform(generator: torch.Generator, low: float, high: float) -> float:
 
 def jpeg_bpda(x: torch.Tensor, quality: int) -> torch.Tensor:
     """Real JPEG round trip in the forward pass, identity gradient (straight-through)."""
+    return x + (real_jpeg(x, quality) - x).detach()
+
+
+def jpeg_through_surrogate(x: torch.Tensor, quality: int) -> torch.Tensor:
+    """Real JPEG round trip in the forward pass, the gradient of ``guardkit.jpeg_surrogate`` (a step-by-step
+    differentiable JPEG) in the backward pass: the optimiser learns which changes a re-save keeps."""
+    approx = jpeg_surrogate(x, quality)
+    return approx + (real_jpeg(x, quality) - approx).detach()
+
+
+def real_jpeg(x: torch.Tensor, quality: int) -> torch.Tensor:
+    """``x`` [B,3,H,W] in [0, 1] saved by Pillow as JPEG at ``quality`` and decoded again (no gradient)."""
     from PIL import Image
 
     with torch.no_grad():
@@ -47,8 +62,7 @@ def jpeg_bpda(x: torch.Tensor, quality: int) -> torch.Tensor:
             Image.fromarray(array).save(buf, format="JPEG", quality=quality)
             decoded = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
             out.append(torch.from_numpy(decoded.copy()).permute(2, 0, 1).float() / 255)
-        jpeg = torch.stack(out).to(x.device, x.dtype)
-    return x + (jpeg - x).detach()
+        return torch.stack(out).to(x.device, x.dtype)
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -68,7 +82,7 @@ def random_purification(x: torch.Tensor, kinds: Sequence[str], generator: torch.
         return x
     kind = kinds[int(torch.randint(len(kinds), (), generator=generator))]
     if kind == "jpeg":
-        return jpeg_bpda(x, int(round(_uniform(generator, 50, 95))))
+        return jpeg_through_surrogate(x, int(round(_uniform(generator, 50, 95))))
     if kind == "blur":
         return gaussian_blur(x, _uniform(generator, 0.5, 1.5))
     height, width = x.shape[-2:]

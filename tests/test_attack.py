@@ -3,6 +3,8 @@ batch-consistent, better than clean, seed-deterministic; and the engine's projec
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -104,6 +106,14 @@ def test_only_the_faces_and_their_surroundings_move(model, batch):
     assert changed.any() and not outside.any()
     # each photo moves only around its own faces: photo 0's face sits at (30, 30), side 24
     assert not changed[0, :, 50:].any() and changed[0, 25:35, 25:35].any()
+
+
+def test_the_moving_region_starts_on_the_jpeg_grid(batch):
+    """The EOT's JPEG re-saves the region: its 16 px blocks must be the saved photo's."""
+    images, faces = batch
+    moved = [dataclasses.replace(f, box=(f.box[0] + 5, f.box[1] + 3, f.box[2] + 5, f.box[3] + 3)) for f in faces]
+    x0, y0, *_ = surroundings(images, moved, 0.25)
+    assert x0 % 16 == 0 and y0 % 16 == 0
 
 
 def test_no_faces_returns_the_photo(model, batch):

@@ -9,8 +9,9 @@ for transfer (``docs/transfer.md`` has the measured effect of each lever):
 - expectation over the crops of pipelines we cannot see: every step re-cuts each face at a randomly
   moved box and landmarks (``guardkit.geometry.jitter_faces``), mirrors and jitters the chip
   (``jitter_chips``, dlib's ``jitter_image`` ranges) and, every other step, JPEG-compresses the photo
-  (BPDA); at ``mid`` and ``high`` every other step each model reads the faces through another pipeline's
-  crop, the ArcFace 5-point template (``template_every``);
+  (a real JPEG, with a differentiable JPEG's gradient: ``guardkit.jpeg_surrogate``); at ``mid`` and
+  ``high`` every other step each model reads the faces through another pipeline's crop, the ArcFace
+  5-point template (``template_every``);
 - the whole face and its surroundings move (the faces' boxes grown by ``surround``), not only the
   pixels one chip reads, since another detector's crop reaches further;
 - momentum and Gaussian-smoothed gradients (``guardkit.transfer``);
@@ -126,10 +127,10 @@ class FrCloak:
                                 "mirrored and jittered (as its num_jitters reads them); dlib's share weighs 1.3 (its "
                                 "margin was the smaller); no decoy pull (the whole budget dodges)",
                         measured="shared photos, vs another photo (benchmarks/transfer.py --strength low --seeds 0 1 2): "
-                                 "unmatched by both dlib and FaceNet in every column (JPEG q75, 10 jitters) on 4, 4 and 4 "
-                                 "of 6 faces; dlib mean worst 0.65 (obama_small 0.54-0.58), FaceNet mean worst cosine "
-                                 "0.37 (obama2 0.46-0.53); PSNR 42.3-48.0 dB, 8.5 s per 1-megapixel photo on 2 threads; "
-                                 "protected photos of one person still link (dlib 0.44-0.80, FaceNet obama2/obama 0.59)"),
+                                 "unmatched by both dlib and FaceNet in every column (JPEG q75, 10 jitters) on 5, 4 and 5 "
+                                 "of 6 faces; dlib mean worst 0.65 (obama_small 0.59), FaceNet mean worst cosine "
+                                 "0.34 (obama2 0.37-0.44); PSNR 42.4-47.8 dB, 9-10 s per 1-megapixel photo on 2 threads; "
+                                 "protected photos of one person still link (dlib 0.42-0.78, obama2/obama 0.55)"),
         "mid": Strength(8 / 255, 50, {"psnr_floor": 38.3, "texture_floor": 0.6, "surround": 0.35,
                                       "crop_scale": 0.1, "crop_shift": 0.05, "crop_rotation": 5.0,
                                       "template_every": 2, "cap": 1.5, "decoy": 3.0},
@@ -341,6 +342,7 @@ def surroundings(images: torch.Tensor, faces: Sequence[Face], surround: float
         grown.append((f.image_index, max(0, int(f.box[0] - pad)), max(0, int(f.box[1] - pad)),
                       min(width, int(math.ceil(f.box[2] + pad))), min(height, int(math.ceil(f.box[3] + pad))), side))
     x0, y0 = min(g[1] for g in grown), min(g[2] for g in grown)
+    x0, y0 = x0 - x0 % 16, y0 - y0 % 16  # on the photo's JPEG grid (16 px MCUs at 4:2:0): the EOT's re-save cuts its blocks
     x1, y1 = max(g[3] for g in grown), max(g[4] for g in grown)
     if x1 <= x0 or y1 <= y0:
         raise ValueError("the faces lie outside the photo")
