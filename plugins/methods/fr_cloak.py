@@ -138,14 +138,14 @@ class FrCloak:
                                 "template's crop every other step and the surroundings, for face recognition "
                                 "guardkit has never seen; each model's share saturates at 1.5x its threshold and a "
                                 "decoy pull per photo scatters protected photos",
-                        measured="shared photos, vs another photo (benchmarks/transfer.py --strength mid --seeds 0 1 2): "
-                                 "unmatched by both dlib and FaceNet in every column (JPEG q75, 10 jitters) on 6, 5 and 6 "
-                                 "of 6 faces (the one miss: the 320x240 copy, FaceNet 0.48 after JPEG q75), dlib mean "
-                                 "worst 0.73-0.76, PSNR 38.3-42.4 dB, 7-9 s per photo on 2 threads; read through other "
-                                 "pipelines' crops (benchmarks/judge_crops.py) 11-15 of 24 unmatched; protected vs "
-                                 "protected: photos of different sittings unlinked as saved (dlib 0.61-0.79, 0.58 "
-                                 "under 10 jitters at one seed; FaceNet 0.13-0.33), the same sitting still links "
-                                 "(dlib 0.56, FaceNet 0.75-0.78)"),
+                        measured="shared photos, vs another photo (benchmarks/transfer.py --strength mid --seed S): "
+                                 "unmatched by both dlib and FaceNet in every column (JPEG q75, 10 jitters) on 6 and 5 "
+                                 "of 6 faces on seeds 0 and 1 (the one miss: the 320x240 copy, FaceNet 0.49 as saved), "
+                                 "dlib mean worst 0.72, PSNR 38.4-42.5 dB, 7-9 s per photo on 2 threads; read through "
+                                 "other pipelines' crops (benchmarks/judge_crops.py) 19 and 16 of 24 unmatched; protected "
+                                 "vs protected: photos of different sittings unlinked (dlib 0.58-0.80, FaceNet "
+                                 "0.01-0.42), the same sitting once linked (dlib 0.49, FaceNet 0.58) and once not "
+                                 "(0.77, 0.30)"),
         "high": Strength(16 / 255, 60, {"psnr_floor": 33.3, "texture_floor": 0.5, "surround": 0.35,
                                         "crop_scale": 0.1, "crop_shift": 0.05, "crop_rotation": 5.0,
                                         "template_every": 2},
