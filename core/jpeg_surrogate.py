@@ -8,7 +8,7 @@ Reich et al., "Differentiable JPEG: the devil is in the details", WACV 2024): RG
 (2x2 mean), level shift, 8x8 DCT, the standard tables scaled by the quality as libjpeg scales them,
 rounding replaced by ``round(u) + (u - round(u))**3`` (the right value at every integer, a slope that
 vanishes where a coefficient sits on its quantisation level, as an unmoving coefficient does), and back.
-``guardkit.eot.jpeg_bpda`` takes the value from Pillow's real JPEG and the gradient from this.
+``guardkit.eot.jpeg_through_surrogate`` takes the value from Pillow's real JPEG and the gradient from this.
 """
 
 from __future__ import annotations
