@@ -127,9 +127,9 @@ class FrCloak:
                                 "mirrored and jittered (as its num_jitters reads them); dlib's share weighs 1.3 (its "
                                 "margin was the smaller); no decoy pull (the whole budget dodges)",
                         measured="shared photos, vs another photo (benchmarks/transfer.py --strength low --seeds 0 1 2): "
-                                 "unmatched by both dlib and FaceNet in every column (JPEG q75, 10 jitters) on 5, 4 and 5 "
-                                 "of 6 faces; dlib mean worst 0.65 (obama_small 0.59), FaceNet mean worst cosine "
-                                 "0.34 (obama2 0.37-0.44); PSNR 42.4-47.8 dB, 9-10 s per 1-megapixel photo on 2 threads; "
+                                 "unmatched by both dlib and FaceNet in every column (JPEG q75, 10 jitters, FaceNet's box "
+                                 "resized by PIL and by OpenCV) on 5, 4 and 4 of 6 faces; dlib mean worst 0.65 (obama_small "
+                                 "0.59), FaceNet mean worst cosine 0.38 (obama2 0.40-0.49); PSNR 42.4-47.8 dB, 9-10 s per 1-megapixel photo on 2 threads; "
                                  "protected photos of one person still link (dlib 0.42-0.78, obama2/obama 0.55)"),
         "mid": Strength(8 / 255, 50, {"psnr_floor": 38.3, "texture_floor": 0.6, "surround": 0.35,
                                       "crop_scale": 0.1, "crop_shift": 0.05, "crop_rotation": 5.0,
@@ -139,8 +139,9 @@ class FrCloak:
                                 "guardkit has never seen; each model's share saturates at 1.5x its threshold and a "
                                 "decoy pull per photo scatters protected photos",
                         measured="shared photos, vs another photo (benchmarks/transfer.py --strength mid --seed S): "
-                                 "unmatched by both dlib and FaceNet in every column (JPEG q75, 10 jitters) on 6 and 5 "
-                                 "of 6 faces on seeds 0 and 1 (the one miss: the 320x240 copy, FaceNet 0.49 as saved), "
+                                 "unmatched by both dlib and FaceNet in every column (JPEG q75, 10 jitters, FaceNet's box "
+                                 "resized by PIL and by OpenCV) on 5 and 5 of 6 faces on seeds 0 and 1 (the miss: the "
+                                 "320x240 copy, FaceNet 0.48-0.51 through OpenCV's resize; 0.44-0.49 through PIL's), "
                                  "dlib mean worst 0.72, PSNR 38.4-42.5 dB, 7-9 s per photo on 2 threads; read through "
                                  "other pipelines' crops (benchmarks/judge_crops.py) 19 and 16 of 24 unmatched; protected "
                                  "vs protected: photos of different sittings unlinked (dlib 0.58-0.80, FaceNet "
