@@ -41,8 +41,10 @@ def graph_path() -> Path:
     return Path(spec.submodule_search_locations[0]) / "graph_final.pb"
 
 
-def facenet_crop(image: np.ndarray, box: tuple[float, float, float, float], margin: float = MARGIN) -> np.ndarray:
-    """davidsandberg's crop of an HxWx3 uint8 RGB photo: 160x160x3 uint8."""
+def facenet_crop(image: np.ndarray, box: tuple[float, float, float, float], margin: float = MARGIN,
+                 resize: str = "pil") -> np.ndarray:
+    """davidsandberg's crop of an HxWx3 uint8 RGB photo: 160x160x3 uint8, resized by PIL's bilinear (his
+    ``misc.imresize``) or, with ``resize="cv2"``, by OpenCV's (no antialiasing)."""
     h, w = image.shape[:2]
     bb = np.zeros(4, dtype=np.int32)
     bb[0] = np.maximum(box[0] - margin / 2, 0)
@@ -50,6 +52,10 @@ def facenet_crop(image: np.ndarray, box: tuple[float, float, float, float], marg
     bb[2] = np.minimum(box[2] + margin / 2, w)
     bb[3] = np.minimum(box[3] + margin / 2, h)
     cropped = image[bb[1] : bb[3], bb[0] : bb[2], :]
+    if resize == "cv2":
+        import cv2
+
+        return cv2.resize(cropped, (SIZE, SIZE), interpolation=cv2.INTER_LINEAR)
     return np.asarray(Image.fromarray(cropped).resize((SIZE, SIZE), Image.BILINEAR))
 
 

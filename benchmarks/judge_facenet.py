@@ -63,17 +63,9 @@ def wheel_crop(image: np.ndarray, box: Box) -> np.ndarray:
     return cv2.resize(cropped, (160, 160), interpolation=cv2.INTER_LINEAR)
 
 
-def cv2_crop(image: np.ndarray, box: Box) -> np.ndarray:
-    """davidsandberg's box (22 px per side, clipped), resized by OpenCV's bilinear (no antialiasing) instead of
-    PIL's: a judge that runs FaceNet by OpenCV may resize by OpenCV too."""
-    h, w = image.shape[:2]
-    x0, y0 = int(max(box[0] - MARGIN / 2, 0)), int(max(box[1] - MARGIN / 2, 0))
-    x1, y1 = int(min(box[2] + MARGIN / 2, w)), int(min(box[3] + MARGIN / 2, h))
-    return cv2.resize(image[y0:y1, x0:x1], (160, 160), interpolation=cv2.INTER_LINEAR)
-
-
-CROPS = {"davidsandberg": lambda image, box: facenet_crop(image, box, MARGIN), "davidsandberg-cv2": cv2_crop,
-         "wheel": wheel_crop}
+CROPS = {"davidsandberg": lambda image, box: facenet_crop(image, box, MARGIN),
+         "davidsandberg-cv2": lambda image, box: facenet_crop(image, box, MARGIN, resize="cv2"),  # a judge that runs
+         "wheel": wheel_crop}  # FaceNet by OpenCV may resize by OpenCV too
 
 
 class FaceNetJudge:

