@@ -63,9 +63,11 @@ def wheel_crop(image: np.ndarray, box: Box) -> np.ndarray:
     return cv2.resize(cropped, (160, 160), interpolation=cv2.INTER_LINEAR)
 
 
+# FaceNet's own box resized as davidsandberg did (PIL) or by OpenCV (a judge that runs FaceNet by OpenCV may resize
+# by OpenCV too), and the wheel's face_features crop
 CROPS = {"davidsandberg": lambda image, box: facenet_crop(image, box, MARGIN),
-         "davidsandberg-cv2": lambda image, box: facenet_crop(image, box, MARGIN, resize="cv2"),  # a judge that runs
-         "wheel": wheel_crop}  # FaceNet by OpenCV may resize by OpenCV too
+         "davidsandberg-cv2": lambda image, box: facenet_crop(image, box, MARGIN, resize="cv2"),
+         "wheel": wheel_crop}
 
 
 class FaceNetJudge:
