@@ -133,20 +133,20 @@ class FrCloak:
                                  "protected photos of one person still link (dlib 0.42-0.78, obama2/obama 0.55)"),
         "mid": Strength(8 / 255, 50, {"psnr_floor": 38.3, "texture_floor": 0.6, "surround": 0.35,
                                       "crop_scale": 0.1, "crop_shift": 0.05, "crop_rotation": 5.0,
-                                      "template_every": 2, "cap": 1.5, "decoy": 3.0},
-                        summary="L-inf 8/255, whole-photo PSNR >= 38 dB, texture-aware; wider crops, the ArcFace "
-                                "template's crop every other step and the surroundings, for face recognition "
-                                "guardkit has never seen; each model's share saturates at 1.5x its threshold and a "
-                                "decoy pull per photo scatters protected photos",
+                                      "template_every": 2, "cap": 1.5, "decoy": 3.0, "model_draws": "facenet=2"},
+                        summary="L-inf 8/255, whole-photo PSNR >= 38 dB, texture-aware; wider crops (two of FaceNet's "
+                                "per step), the ArcFace template's crop every other step and the surroundings, for face "
+                                "recognition guardkit has never seen; each model's share saturates at 1.5x its "
+                                "threshold and a decoy pull per photo scatters protected photos",
                         measured="shared photos, vs another photo (benchmarks/transfer.py --strength mid --seed S): "
                                  "unmatched by both dlib and FaceNet in every column (JPEG q75, 10 jitters, FaceNet's box "
-                                 "resized by PIL and by OpenCV) on 5 and 5 of 6 faces on seeds 0 and 1 (the miss: the "
-                                 "320x240 copy, FaceNet 0.48-0.51 through OpenCV's resize; 0.44-0.49 through PIL's), "
-                                 "dlib mean worst 0.72, PSNR 38.4-42.5 dB, 7-9 s per photo on 2 threads; read through "
-                                 "other pipelines' crops (benchmarks/judge_crops.py) 19 and 16 of 24 unmatched; protected "
-                                 "vs protected: photos of different sittings unlinked (dlib 0.58-0.80, FaceNet "
-                                 "0.01-0.42), the same sitting once linked (dlib 0.49, FaceNet 0.58) and once not "
-                                 "(0.77, 0.30)"),
+                                 "resized by PIL and by OpenCV) on 6 and 5 of 6 faces on seeds 0 and 1 (the miss: the "
+                                 "320x240 copy, FaceNet 0.46 through OpenCV's resize), dlib mean worst 0.73-0.75, FaceNet "
+                                 "0.25, PSNR 38.4-42.5 dB, 8-10 s per photo on 2 threads; read through other pipelines' "
+                                 "crops (benchmarks/judge_crops.py) 19 and 18 of 24 unmatched; protected vs protected: "
+                                 "obama2/obama unlinked (dlib 0.74-0.79, FaceNet 0.16-0.35), two_people/biden once linked "
+                                 "(dlib 0.55, FaceNet 0.45) and once not (0.69, 0.06), the same sitting once linked "
+                                 "(dlib 0.52, FaceNet 0.54) and once not (0.65, 0.43)"),
         "high": Strength(16 / 255, 60, {"psnr_floor": 33.3, "texture_floor": 0.5, "surround": 0.35,
                                         "crop_scale": 0.1, "crop_shift": 0.05, "crop_rotation": 5.0,
                                         "template_every": 2},
