@@ -142,7 +142,7 @@ class FrCloak:
                                  "unmatched by both dlib and FaceNet in every column (JPEG q75, 10 jitters, FaceNet's box "
                                  "resized by PIL and by OpenCV) on 6, 5 and 6 of 6 faces on seeds 0-2 (the miss: the "
                                  "320x240 copy, FaceNet 0.46 through OpenCV's resize), dlib mean worst 0.71-0.75, FaceNet "
-                                 "0.25-0.26, PSNR 38.3-42.5 dB, 8-10 s per photo on 2 threads; read through other "
+                                 "0.25-0.26, PSNR 38.3-42.5 dB, 9-13 s per photo on 2 threads (median 9.6); read through other "
                                  "pipelines' crops (benchmarks/judge_crops.py) 19, 18 and 13 of 24 unmatched; protected "
                                  "vs protected: obama2/obama unlinked by dlib (0.66-0.79), by FaceNet on two seeds of "
                                  "three (0.16-0.35; 0.45 on seed 2), two_people/biden linked on one seed (dlib 0.55, "
