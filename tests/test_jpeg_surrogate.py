@@ -6,12 +6,10 @@ import torch
 
 from guardkit.eot import jpeg_bpda, jpeg_through_surrogate, real_jpeg
 from guardkit.imageio import load_rgb
-from guardkit.jpeg_surrogate import dct_matrix, quant_table, soft_round
+from guardkit.jpeg_surrogate import _CHROMA, _LUMA, dct_matrix, jpeg_surrogate, quant_table, soft_round
 
 
 def test_quant_tables_scale_as_libjpeg_does():
-    from guardkit.jpeg_surrogate import _CHROMA, _LUMA
-
     assert quant_table(_LUMA, 50)[0, 0] == 16 and quant_table(_LUMA, 75)[0, 0] == 8  # scale 100 and 50
     assert quant_table(_LUMA, 100).max() == 1 and quant_table(_CHROMA, 10).max() == 255  # clamped to 1..255
     dct = dct_matrix(dtype=torch.float64)
@@ -31,8 +29,6 @@ def test_surrogate_follows_a_real_jpeg_of_a_photo(faces_dir):
     photo = torch.from_numpy(array.copy()).permute(2, 0, 1)[None].float() / 255
     real = real_jpeg(photo, 75)
     approx = jpeg_through_surrogate(photo, 75)
-    from guardkit.jpeg_surrogate import jpeg_surrogate
-
     assert torch.equal(approx, real)  # the value is Pillow's
     surrogate_error = (jpeg_surrogate(photo, 75) - real).abs().mean()
     identity_error = (photo - real).abs().mean()

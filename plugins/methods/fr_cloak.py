@@ -127,10 +127,11 @@ class FrCloak:
                                 "mirrored and jittered (as its num_jitters reads them); dlib's share weighs 1.3 (its "
                                 "margin was the smaller); no decoy pull (the whole budget dodges)",
                         measured="shared photos, vs another photo (benchmarks/transfer.py --strength low --seeds 0 1 2): "
-                                 "unmatched by both dlib and FaceNet in every column (JPEG q75, 10 jitters, FaceNet's box "
-                                 "resized by PIL and by OpenCV) on 5, 4 and 4 of 6 faces; dlib mean worst 0.65 (obama_small "
-                                 "0.59), FaceNet mean worst cosine 0.38 (obama2 0.40-0.49); PSNR 42.4-47.8 dB, 9-10 s per 1-megapixel photo on 2 threads; "
-                                 "protected photos of one person still link (dlib 0.42-0.78, obama2/obama 0.55)"),
+                                 "unmatched by both dlib and FaceNet in every column (JPEG q75, 10 jitters, FaceNet's "
+                                 "box resized by PIL and by OpenCV) on 5, 4 and 4 of 6 faces; dlib mean worst 0.65 "
+                                 "(obama_small 0.59), FaceNet mean worst cosine 0.38 (obama2 0.40-0.49); PSNR 42.4-47.8 "
+                                 "dB, 9-10 s per 1-megapixel photo on 2 threads; protected photos of one person still "
+                                 "link (dlib 0.42-0.78, obama2/obama 0.55)"),
         "mid": Strength(8 / 255, 50, {"psnr_floor": 38.3, "texture_floor": 0.6, "surround": 0.35,
                                       "crop_scale": 0.1, "crop_shift": 0.05, "crop_rotation": 5.0,
                                       "template_every": 2, "cap": 1.5, "decoy": 3.0, "model_draws": "facenet=2"},
@@ -344,7 +345,8 @@ def surroundings(images: torch.Tensor, faces: Sequence[Face], surround: float
         grown.append((f.image_index, max(0, int(f.box[0] - pad)), max(0, int(f.box[1] - pad)),
                       min(width, int(math.ceil(f.box[2] + pad))), min(height, int(math.ceil(f.box[3] + pad))), side))
     x0, y0 = min(g[1] for g in grown), min(g[2] for g in grown)
-    x0, y0 = x0 - x0 % 16, y0 - y0 % 16  # on the photo's JPEG grid (16 px MCUs at 4:2:0): the EOT's re-save cuts its blocks
+    # on the photo's JPEG grid (16 px MCUs at 4:2:0), so the EOT's re-save of the region cuts the saved photo's blocks
+    x0, y0 = x0 - x0 % 16, y0 - y0 % 16
     x1, y1 = max(g[3] for g in grown), max(g[4] for g in grown)
     if x1 <= x0 or y1 <= y0:
         raise ValueError("the faces lie outside the photo")
