@@ -124,9 +124,16 @@ def choose_faces(faces: Sequence[Face], which: str) -> list[Face]:
     raise ValueError(f"--face takes largest, all or a face number (1 = largest), got {which!r}")
 
 
+def placeable(cloak: Cloak, faces: Sequence[Face], height: int, width: int) -> list[Face]:
+    """The ``faces`` the cloak can go on in a ``height`` x ``width`` photo: those whose frame reaches into it
+    (``place`` skips the others, so a photo with none of them is left unchanged)."""
+    return [face for face in faces if footprint(face, cloak.frame, height, width, cloak.fill) is not None]
+
+
 def place(cloak: Cloak, image: torch.Tensor, faces: Sequence[Face], variant: int | None = None) -> torch.Tensor:
     """The perturbation [3,H,W] the cloak puts on ``image`` [3,H,W] at ``faces`` (of this photo), within
-    L-inf ``eps`` and, when the cloak has one, the whole-photo PSNR floor (scaled down to meet it)."""
+    L-inf ``eps`` and, when the cloak has one, the whole-photo PSNR floor (scaled down to meet it). A face whose
+    frame lies outside the photo gets nothing (see ``placeable``)."""
     height, width = image.shape[-2:]
     k = choose_variant(image, cloak.variants) if variant is None else variant
     source = (cloak.perturbations[k:k + 1].to(image) * feather(cloak.frame, device=image.device))

@@ -171,9 +171,10 @@ def enroll_photos(engine: Any, inputs: Sequence[str | Path], *, output: str | Pa
     for path, image, found in photos:
         try:
             face = chosen[path]
-            samples.append(make_sample(image, str(path), face, found, members, settings))
+            original = make_sample(image, str(path), face, found, members, settings)
             flipped, twin, twin_found = mirrored(image, face, finders)
-            samples.append(make_sample(flipped, f"{path} (mirrored)", twin, twin_found, members, settings))
+            mirror = make_sample(flipped, f"{path} (mirrored)", twin, twin_found, members, settings)
+            samples += [original, mirror]  # both or neither: a photo listed as failed trains nothing
             used.append(path)
             if on_photo:
                 on_photo(path, "")

@@ -1,5 +1,10 @@
 """What ``guardkit eval`` writes besides ``samples.csv``: the summary (mean +- std per method and
-purification), ``summary.json`` and ``report.html`` (the table, one bar chart per metric, an image grid)."""
+purification), ``summary.json`` and ``report.html`` (the table, one bar chart per metric, an image grid, the
+failed inputs).
+
+Each metric's statistics leave out NaN (no score) only. An infinity is a score (the PSNR of an unchanged image):
+it is averaged in, so the mean is inf when any value is (NaN when both signs are), and counted in ``n_inf``;
+the tables then show ``inf (k of n inf)`` rather than a mean of the finite values alone."""
 
 from __future__ import annotations
 
@@ -20,8 +25,18 @@ def slug(text: str) -> str:
     return keep[:80] or "_"
 
 
+def metric_stat(values: Sequence[float]) -> dict[str, Any]:
+    """mean, std, n (the values averaged: all but NaN) and n_inf (how many of them are infinite) of one metric;
+    with an infinity the mean is inf (NaN when both signs occur) and the std NaN."""
+    kept = [v for v in values if not math.isnan(v)]
+    infinite = sum(math.isinf(v) for v in kept)
+    mean = statistics.fmean(kept) if kept else math.nan
+    std = math.nan if not kept or infinite else statistics.pstdev(kept) if len(kept) > 1 else 0.0
+    return {"mean": mean, "std": std, "n": len(kept), "n_inf": infinite}
+
+
 def summarise(rows: list[dict[str, Any]], metric_names: Sequence[str]) -> list[dict[str, Any]]:
-    """mean, std and n of every metric per (method, purify), NaNs left out."""
+    """Per (method, purify): ``n`` rows and every metric's ``metric_stat``."""
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for row in rows:
         groups.setdefault((row["method"], row["purify"]), []).append(row)
@@ -29,17 +44,25 @@ def summarise(rows: list[dict[str, Any]], metric_names: Sequence[str]) -> list[d
     for (method, purify), members in groups.items():
         entry: dict[str, Any] = {"method": method, "purify": purify, "n": len(members)}
         for name in metric_names:
-            values = [float(r[name]) for r in members if name in r and isinstance(r[name], float)
-                      and math.isfinite(r[name])]
-            entry[name] = {"mean": statistics.fmean(values) if values else math.nan,
-                           "std": statistics.pstdev(values) if len(values) > 1 else 0.0 if values else math.nan,
-                           "n": len(values)}
+            entry[name] = metric_stat([r[name] for r in members if isinstance(r.get(name), float)])
         out.append(entry)
     return out
 
 
+def stat_text(stat: dict[str, Any], rows: int) -> str:
+    """One table cell: ``mean ± std``, with ``(n=k)`` where fewer than the group's ``rows`` values were averaged;
+    ``inf (k of n inf)`` where values were infinite; ``-`` where none was scored."""
+    if not stat["n"]:
+        return "-"
+    if stat.get("n_inf"):
+        return f"{stat['mean']:g} ({stat['n_inf']} of {stat['n']} inf)"
+    text = f"{stat['mean']:.3f} ± {stat['std']:.3f}"
+    return text if stat["n"] == rows else f"{text} (n={stat['n']})"
+
+
 def write_summary(out: Path, summary: list[dict[str, Any]], unavailable: dict[str, str], notes: dict[str, Any]) -> Path:
-    """``summary.json``: the summary, what was unavailable, and the notes (attacked models, FR alignment, target)."""
+    """``summary.json``: the summary, what was unavailable, and the notes (attacked models, FR alignment, target,
+    failed inputs)."""
     path = out / "summary.json"
     path.write_text(json.dumps({"summary": summary, "unavailable": unavailable, **notes}, indent=2,
                                default=_json_float))
@@ -53,13 +76,10 @@ def _json_float(value: Any) -> Any:
 def write_report(out: Path, summary: list[dict[str, Any]], metric_names: Sequence[str], config: "EvalConfig",
                  notes: dict[str, Any] | None = None) -> Path:
     """``report.html``: the summary table, one bar chart per metric (inline SVG), and an image grid."""
-    def cell(stat: dict[str, Any]) -> str:
-        return "-" if not math.isfinite(stat["mean"]) else f"{stat['mean']:.3f} &plusmn; {stat['std']:.3f}"
-
     head = "".join(f"<th>{html.escape(m)}</th>" for m in metric_names)
     body = "".join(
         f"<tr><td>{html.escape(s['method'])}</td><td>{html.escape(s['purify'])}</td><td>{s['n']}</td>"
-        + "".join(f"<td>{cell(s[m])}</td>" for m in metric_names) + "</tr>" for s in summary)
+        + "".join(f"<td>{html.escape(stat_text(s[m], s['n']))}</td>" for m in metric_names) + "</tr>" for s in summary)
     charts = "".join(_bar_chart(name, [(f"{s['method']}/{s['purify']}", s[name]["mean"]) for s in summary])
                      for name in metric_names)
     grid = []
@@ -94,7 +114,8 @@ seeds: {len(config.seeds)}; face models: {html.escape(', '.join(config.face_mode
 
 
 def _notes_html(notes: dict[str, Any]) -> str:
-    """Which face models each method attacked, how FR aligned the edits, the impersonation target."""
+    """Which face models each method attacked, how FR aligned the edits, the impersonation target, the failed
+    inputs (one line each)."""
     items = []
     if notes.get("attacked"):
         items.append("attacked face models: " + "; ".join(
@@ -103,6 +124,7 @@ def _notes_html(notes: dict[str, Any]) -> str:
         items.append(f"FR alignment: {notes['fr_alignment']}")
     if notes.get("target_identity"):
         items.append(f"impersonation target: {notes['target_identity']}")
+    items += [f"failed: {line}" for line in notes.get("failed") or ()]
     return "".join(f"<p class='note'>{html.escape(item)}</p>" for item in items)
 
 

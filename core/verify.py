@@ -4,8 +4,12 @@ match / no-match decisions under every installed face model, before and after ea
 Faces are found again on every (purified) protected photo, as a face recognition service would, by each
 model's own face finder (its ``default_finder``, see ``guardkit.ensemble.finder_of``); the reference is the largest face of the
 reference photo; a probe's distance is the smallest over the faces found in it (the worst case for the
-protection). Each row says whether its model was attacked (in ``attacked``, by default guardkit's default
-ensemble) or held out: a held-out model's row is the figure that predicts face recognition guardkit never saw.
+protection). Given ``attacked`` (the face models the protection was made against; a protected photo does not
+record them), each row says whether its model was attacked or held out: a held-out model's row is the figure that
+predicts face recognition guardkit never saw. Without it every row's role is "not stated", never assumed.
+
+A probe matches the reference when its distance is below the model's threshold (:func:`is_match`: dlib's own rule,
+distance < 0.6, and eval's ``asr``).
 
 Each model also reads the faces through another pipeline's crop (``crops``: ``own``, the model's own
 alignment, and ``template``, the ArcFace 5-point template most face recognition services use, scaled to the
@@ -23,13 +27,18 @@ from typing import Callable, Sequence
 from guardkit.align import template_aligner
 from guardkit.arrays import image_to_tensor, tensor_to_image
 from guardkit.config import RunConfig
-from guardkit.engine import DEFAULT_FACE_FINDER, DEFAULT_FACE_MODELS, DEFAULT_VERIFY_PURIFY
+from guardkit.engine import DEFAULT_FACE_FINDER, DEFAULT_VERIFY_PURIFY
 from guardkit.ensemble import finder_of
 from guardkit.errors import ConfigError, GuardkitError, NoFaceError
 from guardkit.imageio import load_rgb
 
 DEFAULT_PURIFY = DEFAULT_VERIFY_PURIFY  # the purifications tried by default (the engine's table of defaults)
 CROPS = ("own", "template")  # the model's own alignment; the ArcFace 5-point template at the model's chip size
+
+
+def is_match(distance: float, threshold: float) -> bool:
+    """Whether a face model takes two faces for one person: their distance is below its threshold."""
+    return distance < threshold
 
 
 @dataclass
@@ -39,14 +48,18 @@ class VerifyRow:
     distance: float  # nan when no face was found
     threshold: float
     metric: str
-    attacked: bool = False
+    attacked: bool | None = None  # None: the caller did not say what the protection attacked
     crop: str = "own"
 
     @property
     def decision(self) -> str:
         if math.isnan(self.distance):
             return "no face found"
-        return "match" if self.distance <= self.threshold else "no match"
+        return "match" if is_match(self.distance, self.threshold) else "no match"
+
+    @property
+    def role(self) -> str:
+        return "not stated" if self.attacked is None else "attacked" if self.attacked else "held out"
 
 
 def verify(engine, protected: str | Path, reference: str | Path, *, face_models: Sequence[str] | None = None,
@@ -54,16 +67,20 @@ def verify(engine, protected: str | Path, reference: str | Path, *, face_models:
            attacked: Sequence[str] | None = None, crops: Sequence[str] = CROPS,
            on_warning: Callable[[str], None] | None = None) -> list[VerifyRow]:
     """Rows of (face model, crop, purification) for ``protected`` against ``reference``. ``attacked``: the
-    face models the protection was made against (default: ``guardkit.engine.DEFAULT_FACE_MODELS``);
-    ``crops``: which of :data:`CROPS` each model reads the faces through."""
+    face models the protection was made against, each a registered face model (None: not stated, and every
+    row's ``attacked`` is None); ``crops``: which of :data:`CROPS` each model reads the faces through."""
     import torch
 
     unknown = [c for c in crops if c not in CROPS]
     if unknown or not crops:
         raise ConfigError(f"unknown crop {', '.join(unknown) or '(none given)'}; known: {', '.join(CROPS)}")
 
+    known = engine.registry.names("face_model")
+    typos = [name for name in attacked or () if name not in known]
+    if typos:
+        raise ConfigError(f"--attacked: unknown face model {', '.join(typos)}; known: {', '.join(sorted(known))}")
+
     run = run or RunConfig()
-    attacked = tuple(DEFAULT_FACE_MODELS if attacked is None else attacked)
     warn = on_warning or (lambda message: None)
     device = run.torch_device()
     reference_image = load_rgb(Path(reference))
@@ -112,5 +129,5 @@ def verify(engine, protected: str | Path, reference: str | Path, *, face_models:
                         emb = model.embed(align(probe_tensors[purification], faces))
                         distance = float(model.distance(emb, ref.expand_as(emb)).min())
                     rows.append(VerifyRow(name, purification, distance, model.threshold, model.metric,
-                                          name in attacked, crop))
+                                          None if attacked is None else name in attacked, crop))
     return rows

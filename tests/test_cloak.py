@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from guardkit.cloak import Cloak, choose_faces, choose_variant, feather, frame_template, place
-from guardkit.cloak_file import CloakFileError, load_cloak, save_cloak
+from guardkit.cloak_file import VERSION, CloakFileError, load_cloak, save_cloak
 from guardkit.types import Face
 
 FACES = Path(__file__).resolve().parents[2] / "shared" / "data" / "faces"
@@ -124,7 +124,7 @@ def test_bad_cloak_files_are_one_line_errors(tmp_path: Path) -> None:
         with pytest.raises(CloakFileError) as info:
             load_cloak(bad)
         assert str(bad) in str(info.value) and "\n" not in str(info.value)
-    newer = raw.replace(b'"version":"1"', b'"version":"9"')
+    newer = raw.replace(f'"version":"{VERSION}"'.encode(), b'"version":"9"')
     assert newer != raw
     (tmp_path / "newer.cloak").write_bytes(newer)
     with pytest.raises(CloakFileError, match="version"):

@@ -21,7 +21,11 @@ def _names(text: str) -> list[str]:
 def eval_command(
     inputs: Annotated[list[Path], typer.Argument(help="Photos or folders of photos.", show_default=False)],
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for images, samples.csv, summary.json, "
-                                                                "report.html (re-running resumes).")] = Path("eval"),
+                                                                "report.html (re-running resumes; under other "
+                                                                "settings it is refused).")] = Path("eval"),
+    restart: Annotated[bool, typer.Option(
+        "--restart", help="Start the output folder over: remove what an earlier eval wrote there first (its "
+                          "images, samples.csv, summary.json, report.html, settings.json).")] = False,
     methods: Annotated[Optional[str], typer.Option(
         help="Comma-separated methods; 'none' is the unprotected baseline (default: none,fr-cloak).",
         show_default=False)] = None,
@@ -77,6 +81,7 @@ def eval_command(
     """Protect, purify, edit and score: the FaceLock paper's metrics over photos x methods x prompts."""
     from guardkit.config import RunConfig, parse_fraction
     from guardkit.engine import DEFAULT_METHOD, Engine
+    from guardkit.eval_report import stat_text
     from guardkit.evaluate import EvalConfig
     from guardkit.cli.run import parse_pairs
     from guardkit.prompts import resolve_prompts
@@ -104,7 +109,7 @@ def eval_command(
     )
     with progress() as bar:
         task = bar.add_task("evaluating", total=None)
-        result = engine.evaluate(inputs, config, output, run=run, on_warning=warn,
+        result = engine.evaluate(inputs, config, output, run=run, restart=restart, on_warning=warn,
                                  on_sample=lambda done, total: bar.update(task, completed=done, total=total))
     if as_json:
         out_console.print_json(json.dumps({"summary": result.summary, "unavailable": result.unavailable,
@@ -117,9 +122,7 @@ def eval_command(
     for column in ("method", "purify", "n", *metric_names):
         table.add_column(column)
     for s in result.summary:
-        table.add_row(s["method"], s["purify"], str(s["n"]), *(
-            "-" if not math.isfinite(s[m]["mean"]) else f"{s[m]['mean']:.3f} ± {s[m]['std']:.3f}"
-            for m in metric_names))
+        table.add_row(s["method"], s["purify"], str(s["n"]), *(stat_text(s[m], s["n"]) for m in metric_names))
     out_console.print(table)
     if result.failed:  # a bad input was named (warning) and the others evaluated: exit 1, like `run`
         raise typer.Exit(1)
@@ -135,8 +138,8 @@ def verify_command(
         help="Comma-separated purifications to try (default: "
              "none,jpeg90,jpeg75,jpeg60,blur,rotate,resize).", show_default=False)] = None,
     attacked: Annotated[Optional[str], typer.Option(
-        help="Face models the protection attacked (default: guardkit's default ensemble); the others are "
-             "reported as held out.")] = None,
+        help="Comma-separated face models the protection attacked; the others are reported as held out "
+             "(default: not stated; a protected photo does not record it).", show_default=False)] = None,
     crops: Annotated[str, typer.Option(
         help="Crops each model reads the faces through: own (its own alignment) and template (the ArcFace "
              "5-point template most services use).")] = "own,template",
@@ -161,14 +164,14 @@ def verify_command(
         out_console.print_json(json.dumps([{"face_model": r.face_model, "crop": r.crop, "purify": r.purify,
                                             "distance": None if math.isnan(r.distance) else r.distance,
                                             "threshold": r.threshold, "metric": r.metric, "decision": r.decision,
-                                            "attacked": r.attacked}
+                                            "attacked": r.attacked, "role": r.role}
                                            for r in rows]))
     else:
         table = Table(title=f"{protected.name} vs {reference.name}")
         for column in ("face model", "role", "crop", "purification", "distance", "threshold", "decision"):
-            table.add_column(column)
+            table.add_column(column, no_wrap=column in ("role", "decision"))
         for r in rows:
-            table.add_row(r.face_model, "attacked" if r.attacked else "held out", r.crop, r.purify,
+            table.add_row(r.face_model, r.role, r.crop, r.purify,
                           "-" if math.isnan(r.distance) else f"{r.distance:.3f}",
                           f"{r.threshold:g} ({r.metric})", r.decision)
         out_console.print(table)
