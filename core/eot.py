@@ -35,7 +35,7 @@ def parse_eot(spec: str | Sequence[str] | None) -> tuple[str, ...]:
 
 
 def _uniform(generator: torch.Generator, low: float, high: float) -> float:
-    return low + (high - low) * float(torch.rand((), generator=generator))
+    return low + (high - low) * float(torch.rand((), generator=generator, device=generator.device))
 
 
 def jpeg_bpda(x: torch.Tensor, quality: int) -> torch.Tensor:
@@ -80,7 +80,7 @@ def random_purification(x: torch.Tensor, kinds: Sequence[str], generator: torch.
     """One random purification from ``kinds`` applied to ``x`` [B,3,H,W] in [0, 1]."""
     if not kinds:
         return x
-    kind = kinds[int(torch.randint(len(kinds), (), generator=generator))]
+    kind = kinds[int(torch.randint(len(kinds), (), generator=generator, device=generator.device))]
     if kind == "jpeg":
         return jpeg_through_surrogate(x, int(round(_uniform(generator, 50, 95))))
     if kind == "blur":

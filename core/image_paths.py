@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from guardkit.errors import ConfigError, ImageError
@@ -130,14 +130,16 @@ def same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def plan_outputs(srcs: Sequence[Path], out_dir: Path, fmt: str = "png") -> dict[Path, Path]:
+def plan_outputs(srcs: Sequence[Path], out_dir: Path, fmt: str = "png", *,
+                 held: Callable[[Path, Path], bool] | None = None) -> dict[Path, Path]:
     """Map each input to a unique output path in ``out_dir``, deterministically.
 
     Inputs whose default names (:func:`output_path_for`) are unique keep them. Inputs whose
     default names clash (``a.jpg`` + ``a.png``, or ``x/a.jpg`` + ``y/a.jpg``) all get the
     original suffix kept: ``a.jpg.protected.png``; if that still clashes, a counter is added
     (``a-2.jpg.protected.png``) in input order. Names are compared case-insensitively so the
-    plan is also safe on macOS/Windows file systems.
+    plan is also safe on macOS/Windows file systems. ``held(src, output)``: True when ``output``
+    already holds another photo's output (an earlier run's); such a name is passed over like a clash.
 
     Raises :class:`ImageError` if any output would be (resolve to) one of the inputs:
     an input is never overwritten.
@@ -148,10 +150,13 @@ def plan_outputs(srcs: Sequence[Path], out_dir: Path, fmt: str = "png") -> dict[
     defaults = {s: output_path_for(s, out_dir, fmt=fmt) for s in sources}
     counts = Counter(p.name.casefold() for p in defaults.values())
 
+    def free(src: Path, candidate: Path) -> bool:
+        return held is None or not held(src, candidate)
+
     plan: dict[Path, Path] = {}
     taken: set[str] = set()
     for src in sources:
-        if counts[defaults[src].name.casefold()] == 1:
+        if counts[defaults[src].name.casefold()] == 1 and free(src, defaults[src]):
             plan[src] = defaults[src]
             taken.add(defaults[src].name.casefold())
     for src in sources:
@@ -159,7 +164,7 @@ def plan_outputs(srcs: Sequence[Path], out_dir: Path, fmt: str = "png") -> dict[
             continue
         candidate = out_dir / f"{src.name}{_OUTPUT_TAG}{suffix}"
         n = 2
-        while candidate.name.casefold() in taken:
+        while candidate.name.casefold() in taken or not free(src, candidate):
             candidate = out_dir / f"{src.stem}-{n}{src.suffix}{_OUTPUT_TAG}{suffix}"
             n += 1
         plan[src] = candidate

@@ -230,9 +230,10 @@ _ORIENTATION = 0x0112
 _TURNED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 
 
-def upright_size(path: Path) -> tuple[int, int]:
-    """``(width, height)`` of ``path`` as :func:`load_rgb` returns it (EXIF orientation applied), from the
-    header only. Raises :class:`ImageError` naming the file when it cannot be opened."""
+def upright_size(path: Path, *, max_pixels: int = MAX_PIXELS) -> tuple[int, int]:
+    """``(width, height)`` of ``path`` as :func:`load_rgb` returns it (EXIF orientation applied). Raises
+    :class:`ImageError` naming the file when it cannot be opened or has more than ``max_pixels`` pixels (checked
+    from the header, before anything is decoded: a PNG's EXIF may follow its pixels, and reading it decodes them)."""
     path = Path(path)
     _check_readable_file(path)
     try:
@@ -240,6 +241,7 @@ def upright_size(path: Path) -> tuple[int, int]:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path, formats=allowed_formats()) as img:
                 width, height = img.size
+                _check_pixel_count(path, width, height, max_pixels)
                 try:
                     turned = img.getexif().get(_ORIENTATION) in _TURNED
                 except (*_DECODE_ERRORS, TypeError, KeyError):

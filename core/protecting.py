@@ -2,13 +2,18 @@
 
 Each photo is loaded upright, its faces found once by the method's face finders, photos of one size are
 protected together, and every result is projected onto the budget, checked finite and rounded to 8 bits
-before anything is measured or written (what is reported is what is saved).
+before anything is written; what is measured and reported (L-inf, PSNR, face distances) is what the saved
+file decodes to, JPEG's loss included. Each output's record names the settings that made it
+(:func:`output_settings`), so that resume skips only what this run would write.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
@@ -17,9 +22,9 @@ import numpy as np
 
 from guardkit.config import Budget, RunConfig
 from guardkit.image_read import animated_frames, load_rgb, upright_size
-from guardkit.image_save import save_image
+from guardkit.image_save import as_saved, record_output, save_image
 from guardkit.image_paths import plan_outputs
-from guardkit.photo_loop import Inputs, Photo, PhotoLoop, to_pixels
+from guardkit.photo_loop import Inputs, Photo, PhotoLoop, holds_another_photo, to_pixels
 from guardkit.types import Face
 
 if TYPE_CHECKING:
@@ -62,11 +67,13 @@ class ProtectResult:
         return [p for p in self.photos if p.status == "failed"]
 
     def save(self, out_dir: str | Path, *, fmt: str = "png") -> list[Path]:
-        """Write protected photos kept in memory (``protect`` without ``output_dir``)."""
+        """Write protected photos kept in memory (``protect`` without ``output_dir``), each with its record;
+        a name that holds another photo's output is passed over."""
         kept = [p for p in self.photos if p.protected is not None]
-        plan = plan_outputs([p.source for p in kept], Path(out_dir), fmt)
+        plan = plan_outputs([p.source for p in kept], Path(out_dir), fmt, held=holds_another_photo)
         for photo in kept:
             save_image(photo.protected, plan[photo.source], fmt=fmt)
+            record_output(plan[photo.source], photo.source)
             photo.output = plan[photo.source]
         return [plan[p.source] for p in kept]
 
@@ -82,6 +89,7 @@ def protect_photos(loop: PhotoLoop[PhotoResult], built: "BuiltMethod", run: RunC
                    on_step: Callable[[int, int], None] | None = None) -> ProtectResult:
     """Run ``built``'s method over ``loop``'s photos under ``run`` (budget, batch size, device, dtype)."""
     device = run.torch_device()
+    loop.settings = output_settings(built, run)
 
     def load(path: Path) -> Photo:
         image = load_rgb(path)
@@ -91,7 +99,7 @@ def protect_photos(loop: PhotoLoop[PhotoResult], built: "BuiltMethod", run: RunC
         return Photo(path, image, built.find_faces(image, path) if built.finders else [], note)
 
     def process(batch: list[Photo]) -> list[tuple[PhotoResult, np.ndarray]]:
-        return _protect_batch(built, run, device, batch, on_step)
+        return _protect_batch(built, run, device, batch, on_step, loop.fmt)
 
     def keep(result: PhotoResult, pixels: np.ndarray) -> None:
         result.protected = pixels
@@ -105,8 +113,44 @@ def protect_photos(loop: PhotoLoop[PhotoResult], built: "BuiltMethod", run: RunC
                          budget=run.budget)
 
 
+def output_settings(built: "BuiltMethod", run: RunConfig) -> dict[str, Any]:
+    """What decides a protected photo besides the photo, as JSON for its output's record: the method (its class
+    and its options, a cloak's perturbations by digest), the budget, seed, dtype and device, the face models
+    and finders. Threads, batch size and weight folders are left out."""
+    method = built.method
+    options = {k: v for k, v in getattr(method, "__dict__", {}).items() if k != "run" and not k.startswith("_")}
+    return {"method": f"{type(method).__module__}.{type(method).__qualname__}", "options": _as_json(options),
+            "budget": dataclasses.asdict(run.budget), "seed": run.seed, "dtype": run.dtype, "device": run.device,
+            "face_models": [[m.name, m.finder] for m in built.members], "finders": sorted(built.finders)}
+
+
+def _as_json(value: Any, depth: int = 0) -> Any:
+    """``value`` for a settings record: numbers, text, containers and dataclasses as such, tensors and arrays
+    by digest, anything else (a model, a device) by its type."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value)
+    if depth > 4:
+        return type(value).__qualname__
+    if isinstance(value, Path):
+        return str(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _as_json(getattr(value, f.name), depth + 1) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {str(k): _as_json(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_as_json(v, depth + 1) for v in value]
+    if hasattr(value, "detach") and hasattr(value, "shape"):  # a tensor
+        value = value.detach().float().cpu().numpy()
+    if isinstance(value, np.ndarray):
+        return f"{value.shape}:{hashlib.sha256(np.ascontiguousarray(value).tobytes()).hexdigest()}"
+    return type(value).__qualname__
+
+
 def _protect_batch(built: "BuiltMethod", run: RunConfig, device: Any, batch: list[Photo],
-                   on_step: Callable[[int, int], None] | None) -> list[tuple[PhotoResult, np.ndarray]]:
+                   on_step: Callable[[int, int], None] | None,
+                   fmt: str = "png") -> list[tuple[PhotoResult, np.ndarray]]:
     import torch
 
     from guardkit.attack import reporting_steps
@@ -118,20 +162,23 @@ def _protect_batch(built: "BuiltMethod", run: RunConfig, device: Any, batch: lis
             reporting_steps(on_step):
         adv = built.method.protect(clean, faces, run.budget)
     adv8 = to_pixels(adv, clean, run.budget)  # never trust a method
+    pixels = [adv8[i].permute(1, 2, 0).cpu().numpy() for i in range(len(batch))]
+    saved = [as_saved(p, fmt) for p in pixels]  # what the file decodes to: measured and reported
+    seen = torch.from_numpy(np.stack(saved)).to(device).permute(0, 3, 1, 2).float().div(255)
     members = built.members
-    distances = {m.name: face_distances(m.model, clean, adv8.float() / 255, m.faces(faces)) for m in members}
+    distances = {m.name: face_distances(m.model, clean, seen, m.faces(faces)) for m in members}
     seconds = (time.perf_counter() - started) / len(batch)
     method_notes = getattr(built.method, "notes", None) or {}  # optional: a method's one line per photo
     done = []
     for i, photo in enumerate(batch):
-        protected = adv8[i].permute(1, 2, 0).cpu().numpy()
+        protected, kept = pixels[i], saved[i]
         smallest = {m.name: min((d for d, f in zip(distances[m.name], m.faces(faces)) if f.image_index == i),
                                 default=math.nan) for m in members}
         counted = members[0].faces(photo.faces) if members else photo.faces
         done.append((PhotoResult(photo.path, "protected", faces=len(counted), seconds=seconds,
                                  note="; ".join(n for n in (photo.note, method_notes.get(i, "")) if n),
-                                 linf=float(np.abs(protected.astype(np.int16) - photo.image).max()) / 255,
-                                 psnr=psnr(photo.image, protected), distances=smallest,
+                                 linf=float(np.abs(kept.astype(np.int16) - photo.image).max()) / 255,
+                                 psnr=psnr(photo.image, kept), distances=smallest,
                                  fr_distance=smallest[members[0].name] if members else math.nan), protected))
     return done
 

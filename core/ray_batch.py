@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
 import tempfile
 import uuid
 from dataclasses import dataclass
@@ -56,15 +57,22 @@ class Item:
 
 
 def plan(inputs: Sequence[str | Path], output_dir: str | Path, fmt: str,
-         failures: list[tuple[Path, str]] | None = None) -> list[Item]:
-    """Every photo and its output, named exactly as ``guardkit run`` names them (``imageio.plan_outputs``).
-    With ``failures``, a bad local path (missing, a broken link, ...) is added to it instead of raising."""
+         failures: list[tuple[Path | str, str]] | None = None) -> list[Item]:
+    """Every photo and its output, named exactly as ``guardkit run`` names them (``imageio.plan_outputs``);
+    an output that would be (point at) one of the inputs is an ImageError, URLs included. With ``failures``, a
+    bad path or URL (missing, a broken link, ...) is added to it instead of raising."""
     sources: list[str] = []
     for item in inputs:
-        if is_url(item):
-            sources += _list_url(str(item))
-        else:
+        if not is_url(item):
             sources += [str(p) for p in collect_inputs([Path(item)], failures)]
+            continue
+        try:
+            sources += _list_url(str(item))
+        except (ImageError, OSError) as exc:
+            message = str(exc) if isinstance(exc, ImageError) else f"{item}: cannot read ({exc})"
+            if failures is None:
+                raise ImageError(message) from None
+            failures.append((Url(str(item)), message))
     if not sources and failures:
         return []
     if not sources:
@@ -72,9 +80,29 @@ def plan(inputs: Sequence[str | Path], output_dir: str | Path, fmt: str,
     if is_url(output_dir):
         names = plan_outputs([Path(_path_of(s)) for s in sources], Path("/nonexistent-guardkit-out"), fmt)
         base = str(output_dir).rstrip("/")
-        return [Item(s, f"{base}/{names[Path(_path_of(s))].name}") for s in sources]
-    local = plan_outputs([Path(s) for s in sources], Path(output_dir), fmt)
-    return [Item(s, str(local[Path(s)])) for s in sources]
+        items = [Item(s, f"{base}/{names[Path(_path_of(s))].name}") for s in sources]
+    else:
+        local = plan_outputs([Path(s) for s in sources], Path(output_dir), fmt)
+        items = [Item(s, str(local[Path(s)])) for s in sources]
+    read = {_where(s): s for s in sources}
+    for item in items:
+        overwritten = read.get(_where(item.output))
+        if overwritten is not None:
+            raise ImageError(f"{item.source}: output {item.output} would overwrite the input {overwritten}; "
+                             "choose a different output folder")
+    return items
+
+
+def _where(location: str) -> tuple[str, str]:
+    """Where ``location`` points, however spelt: ``(protocol, path)``; local paths and ``file://`` URLs as
+    ``("file", the real path)``."""
+    if not is_url(location):
+        return "file", os.path.realpath(location)
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(location)
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return ("file", os.path.realpath(path)) if protocol in ("file", "local") else (protocol, path.rstrip("/"))
 
 
 def _path_of(location: str) -> str:
@@ -161,7 +189,8 @@ class PhotoProtector:
                 records[item.source] = _record(item, "failed", error=f"{item.source}: cannot read ({exc})")
         if local:
             try:
-                result = self.engine.protect(list(local), output_dir=None, resume=False, **self.kwargs)
+                result = self.engine.protect(list(local), output_dir=None, resume=False, fmt=self.fmt,  # figures as saved
+                                             **self.kwargs)
             except GuardkitError as exc:  # a bad option fails every photo, each with the one line
                 for item in local.values():
                     records[item.source] = _record(item, "failed", error=str(exc))
@@ -241,7 +270,7 @@ def protect(
     import ray
 
     run = run or RunConfig()
-    bad: list[tuple[Path, str]] = []  # issue 12 item 13: a bad path is a failed photo, never a stop
+    bad: list[tuple[Path | str, str]] = []  # issue 12 item 13: a bad path is a failed photo, never a stop
     items = plan(inputs, output_dir, fmt, bad)
     if items and not ray.is_initialized():
         ray.init(address=check_address(address), log_to_driver=False, include_dashboard=False)
@@ -254,7 +283,7 @@ def protect(
         if on_photo:
             on_photo(result)
 
-    failed = [PhotoResult(path, "failed", error=message) for path, message in bad]
+    failed = [PhotoResult(_as_source(str(path)), "failed", error=message) for path, message in bad]
     for photo in failed:
         if on_photo:
             on_photo(photo)

@@ -11,7 +11,9 @@ import torch
 from guardkit.attack import cosine_step, pgd, project, quantize_ste
 from guardkit.config import Budget, RunConfig
 from guardkit.plugins.losses.face import FaceCosine
-from guardkit.plugins.methods.fr_cloak import FrCloak, surroundings
+from guardkit.geometry import shift_face
+from guardkit.plugins.face_models.facenet import FaceNetModel
+from guardkit.plugins.methods.fr_cloak import CROP_REACH, FrCloak, surroundings
 from guardkit.testing import TinyFaceModel
 from guardkit.types import Face, WeightedLoss
 from guardkit.view import View
@@ -94,6 +96,33 @@ def test_batch_consistent(model, batch):
         images[1:], [f.with_index(0) for f in faces if f.image_index == 1], budget)
     region = together[1:]
     assert torch.allclose(region, alone, atol=1e-6)
+
+
+def test_a_photos_protection_does_not_depend_on_its_batch(model, batch):
+    """With a random start, EOT draws, a JPEG and decoys, photo 1 protected beside photo 0 is photo 1 protected
+    alone (its region, draws and decoy used to follow the batch's union box and face count)."""
+    images, faces = batch
+    budget = Budget(eps=EPS, steps=4)
+    options = dict(eot=4, purify="jpeg", decoy=0.5)
+    together = cloak(model, **options).protect(images, faces, budget)
+    alone = cloak(model, **options).protect(images[1:], [f.with_index(0) for f in faces if f.image_index == 1], budget)
+    assert torch.equal(together[1:], alone)
+
+
+def test_the_region_holds_facenets_margin_around_a_small_face():
+    """FaceNet cuts its box grown by 22 px per side: read from the region the optimisation sees, a small face's
+    chip must be the chip of the whole photo (a region of the face box + 20 % clipped it)."""
+    gen = torch.Generator().manual_seed(0)
+    photo = torch.nn.functional.interpolate(torch.rand(1, 3, 20, 20, generator=gen), size=(200, 200), mode="bilinear")
+    face = Face(0, (84.0, 80.0, 124.0, 124.0), ((96.0, 96.0), (112.0, 96.0), (104.0, 104.0), (98.0, 114.0),
+                                                 (110.0, 114.0)), "arcface5", finder="mtcnn")
+    facenet = FaceNetModel()
+    x0, y0, x1, y1, mask = surroundings(photo, [face], 0.2, reach=CROP_REACH)
+    region_chip = facenet.align(photo[:, :, y0:y1, x0:x1], [shift_face(face, -x0, -y0)])
+    assert torch.allclose(region_chip, facenet.align(photo, [face]), atol=1e-6)
+    # the context is read, not moved: the mask covers the face box grown by 20 % only
+    moving = (mask[0, 0] > 0).nonzero()
+    assert moving[:, 1].min() + x0 >= 84 - 8 - 1 and moving[:, 1].max() + x0 <= 124 + 8 + 1
 
 
 def test_only_the_faces_and_their_surroundings_move(model, batch):

@@ -61,6 +61,17 @@ def test_missing_input_is_one_line(tmp_path):
     assert "nope.jpg" in line and "no such file" in line
 
 
+def test_a_url_without_ray_is_one_line_and_writes_nothing_locally(tmp_path, faces_dir, monkeypatch):
+    """``-o s3://bucket/out`` never becomes a local folder ``./s3:/bucket/out`` (a Path folds the ``//``)."""
+    monkeypatch.chdir(tmp_path)
+    photo = str(faces_dir / "obama_small.jpg")
+    for args in ([photo, "-o", "s3://bucket/out"], ["s3://bucket/in/a.jpg", "-o", "out"]):
+        result = invoke("run", *args, "--fr", "dlib", "--steps", "1")
+        assert result.exit_code == 2, result.output
+        assert "s3://bucket/" in result.stderr and "--ray" in result.stderr and "Traceback" not in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_usage_error_still_exits_2_when_every_input_is_missing(tmp_path):
     """Issue 12 item 13: only usage errors exit 2, and they do so before any photo is named."""
     result = invoke("run", str(tmp_path / "nope.jpg"), "-o", str(tmp_path / "out"), "--fr", "dlb")

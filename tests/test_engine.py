@@ -77,7 +77,7 @@ def test_a_bad_photo_does_not_stop_the_others_and_rerun_resumes(engine, photos, 
     errors = {p.source.name: p.error for p in result.failed}
     assert "b_broken.jpg" in errors["b_broken.jpg"] and "no face" in errors["c_noface.png"]
     written = out / "a_face.protected.png"
-    assert sorted(p.name for p in out.iterdir()) == [written.name]
+    assert sorted(p.name for p in out.iterdir()) == [".guardkit", written.name]  # the output and its record
     assert {p.name: p.read_bytes() for p in photos.iterdir()} == before  # inputs untouched
 
     done = result.photos[0]

@@ -250,6 +250,22 @@ def test_save_permissions_are_normal(tmp_path: Path) -> None:
     assert out.stat().st_mode & 0o777 == 0o666 & ~umask
 
 
+def test_save_never_changes_the_process_umask(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Setting the umask to read it would race with other threads creating files: it is read once, at import."""
+    set_to: list[int] = []
+    real = os.umask
+    monkeypatch.setattr(os, "umask", lambda mask: set_to.append(mask) or real(mask))
+    save_image(_noise(), tmp_path / "a.png")
+    assert set_to == []
+
+
+@pytest.mark.parametrize("length", [200, 242, 255])
+def test_save_writes_any_valid_file_name(tmp_path: Path, length: int) -> None:
+    out = tmp_path / ("n" * (length - len(".protected.png")) + ".protected.png")
+    save_image(_noise(), out)
+    assert load_rgb(out).shape == (48, 64, 3) and _files(tmp_path) == [out.name]
+
+
 def test_save_overwrites_existing_output(tmp_path: Path) -> None:
     out = tmp_path / "x.png"
     save_image(_noise(seed=1), out)

@@ -87,6 +87,20 @@ def test_upright_size_refuses_a_non_image_naming_it(tmp_path: Path) -> None:
     assert upright_size(plain) == (30, 10)
 
 
+def test_upright_size_refuses_an_oversized_image_from_its_header(tmp_path: Path) -> None:
+    """The pixel count is checked before anything is decoded (a PNG's EXIF can sit after its pixels)."""
+    small = io.BytesIO()
+    Image.new("L", (8, 8)).save(small, format="PNG")
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(_patch_ihdr(small.getvalue(), 10_000, 10_000))
+    with pytest.raises(ImageError, match=r"bomb.png: .*more than the limit of 50,000,000"):
+        upright_size(bomb)
+    path = _write_png(tmp_path / "fine.png", _noise(30, 20))
+    assert upright_size(path) == (20, 30)
+    with pytest.raises(ImageError, match="fine.png: .*more than the limit of 500"):
+        upright_size(path, max_pixels=500)
+
+
 def _roundtrip(tmp_path: Path, img: Image.Image, fmt: str, name: str) -> np.ndarray:
     path = tmp_path / name
     img.save(path, format=fmt)

@@ -194,6 +194,17 @@ def test_eot_purifications():
     assert torch.equal(random_purification(x, kinds, g1), random_purification(x, kinds, g2))
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="a CUDA generator needs a CUDA device")
+def test_eot_draws_follow_the_generators_device():
+    """fr-cloak and the latent methods draw with a generator on the photo's device: on a GPU run the EOT's own
+    draws (which purification, the JPEG quality) must come from it too (they were made on the CPU and failed)."""
+    x = torch.rand(1, 3, 16, 16, device="cuda", requires_grad=True)
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    for kinds in (("jpeg",), ("resize",), ("blur",)):
+        out = random_purification(x, kinds, generator)
+        assert out.device == x.device and out.shape == x.shape
+
+
 def test_cli_runs_encoder_methods_on_sd_vae_and_flux(vae_folders, tmp_path, faces_dir):
     from typer.testing import CliRunner
 

@@ -52,8 +52,10 @@ def invoke(job: str, inputs: list[Path], out: Path, ip2p: Path):
 
 def output_of(job: str, out: Path, stem: str) -> Path:
     """Where the job writes (or caches) the protected or edited photo of input ``stem``."""
-    if job == "eval":
-        return out / "images" / "protected" / "fr-cloak" / f"{stem}.png"
+    if job == "eval":  # named by the photo's id: its file name and a hash of its path
+        folder = out / "images" / "protected" / "fr-cloak"
+        cached = sorted(folder.glob(f"{stem}.*_*.png")) if folder.is_dir() else []
+        return cached[0] if cached else folder / f"{stem}.png"
     return out / f"{stem}.protected.png"
 
 
@@ -192,6 +194,24 @@ def test_to_pixels_projects_checks_and_quantises():
         to_pixels(torch.tensor([[[[math.nan]]]]), what="the edit")
 
 
+@pytest.mark.parametrize("eps", [0.03, 5.5 / 255, 4 / 255, 1 / 255])
+def test_saved_linf_never_exceeds_an_eps_off_the_8_bit_grid(eps):
+    clean = torch.full((1, 3, 4, 4), 100 / 255)
+    for push in (1.0, -1.0, 0.5 / 255):  # far past the budget either way, and a nudge that rounds up
+        pixels = to_pixels(clean + push, clean, Budget(eps=eps))
+        assert (pixels.float() - 100).abs().max() / 255 <= eps, (eps, push)
+    assert (to_pixels(clean + 1.0, clean, Budget(eps=eps)).float() - 100).max() == math.floor(eps * 255 + 1e-6)
+
+
+def test_saved_l2_stays_inside_the_ball_after_rounding():
+    clean = torch.full((1, 3, 4, 4), 100 / 255)
+    nudged = clean + 0.6 / 255  # L2 4.16/255 over 48 values: inside 4.2/255, but every value rounds to +1
+    budget = Budget(eps=4.2 / 255, norm="l2")
+    assert (to_pixels(nudged, clean, budget).float() - 100).norm() / 255 <= budget.eps
+    inside = clean + torch.where(torch.arange(48).view(1, 3, 4, 4) < 4, 1 / 255, 0.0)  # on the grid, norm 2/255
+    assert torch.equal(to_pixels(inside, clean, budget), torch.round(inside * 255).to(torch.uint8))  # kept as is
+
+
 def test_failure_lines_name_the_photo_once_and_keep_one_line():
     assert failure_line("a.jpg", GuardkitError("a.jpg: no face found")) == "a.jpg: no face found"
     assert failure_line("a.jpg", RuntimeError("CUDA out of memory\nmore")) == "a.jpg: RuntimeError: CUDA out of memory"
@@ -209,4 +229,5 @@ def test_engine_edit_and_evaluate_are_the_library_functions(tmp_path, faces_dir,
 
     result = engine.evaluate([photo], EvalConfig(methods=["none"], metrics=["psnr"], size=64), tmp_path / "eval")
     assert [row["psnr"] for row in result.rows] == [math.inf] and not result.failed
-    assert load_rgb(tmp_path / "eval" / "images" / "source" / "obama_small.png").shape == (64, 64, 3)
+    (source,) = (tmp_path / "eval" / "images" / "source").glob("obama_small.jpg_*.png")  # named by the photo's id
+    assert load_rgb(source).shape == (64, 64, 3)

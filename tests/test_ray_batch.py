@@ -42,6 +42,11 @@ def reference(photos, tmp_path_factory) -> Path:
     return out
 
 
+def photos_in(folder: Path) -> list[str]:
+    """The photos written into ``folder`` (``guardkit run`` also keeps its records there, in ``.guardkit``)."""
+    return sorted(p.name for p in folder.iterdir() if p.name != ".guardkit")
+
+
 def run_json(*args: str) -> tuple[int, dict]:
     result = CliRunner().invoke(app, ["run", *args, *FAST, "--json"])
     assert "{" in result.stdout, result.output
@@ -59,8 +64,8 @@ def test_ray_run_gives_the_same_bytes_records_the_bad_file_and_resumes(local_ray
     assert "c_broken.jpg" in broken["error"] and "not a readable image" in broken["error"]
     assert report["face_models"] == ["dlib"] and all(
         p["distances"]["dlib"] > 0 for p in report["photos"] if p["status"] == "protected")
-    written = sorted(p.name for p in out.iterdir())
-    assert written == sorted(p.name for p in reference.iterdir()) == ["a_obama.protected.png", "b_obama.png.protected.png"]
+    written = photos_in(out)
+    assert written == photos_in(reference) == ["a_obama.protected.png", "b_obama.png.protected.png"]
     for name in written:
         assert (out / name).read_bytes() == (reference / name).read_bytes(), f"{name} differs from guardkit run's"
 
@@ -93,6 +98,26 @@ def test_python_api_reads_and_writes_fsspec_urls(local_ray, photos, reference, t
     assert written.read_bytes() == (reference / "a_obama.protected.png").read_bytes()
     again = guardkit.ray_batch.protect([source], target, face_model=["dlib"], run=RunConfig(seed=0))
     assert [p.status for p in again.photos] == ["skipped"]
+
+    code, report = run_json(source, "-o", f"file://{tmp_path}/cli-out", "--ray", "local")  # the CLI keeps the `//`
+    assert code == 0 and [p["output"] for p in report["photos"]] == [f"file://{tmp_path}/cli-out/a_obama.protected.png"]
+    assert (tmp_path / "cli-out" / "a_obama.protected.png").read_bytes() == written.read_bytes()
+
+
+def test_a_url_plan_never_overwrites_an_input_and_records_a_missing_one():
+    import fsspec
+
+    from guardkit.errors import ImageError
+    from guardkit.ray_batch import plan
+
+    fsspec.filesystem("memory").pipe({"/gk-plan/out/a.protected.png": b"an input", "/gk-plan/in/a.png": b"another"})
+    with pytest.raises(ImageError, match="a.png: output memory://gk-plan/out/a.protected.png would overwrite the input"):
+        plan(["memory://gk-plan/out/a.protected.png", "memory://gk-plan/in/a.png"], "memory://gk-plan/out", "png")
+    bad: list = []
+    items = plan(["memory://gk-plan/none.jpg", "memory://gk-plan/in/a.png"], "memory://gk-plan/out", "png", bad)
+    assert [i.source for i in items] == ["memory://gk-plan/in/a.png"]
+    assert [(str(path), message) for path, message in bad] == [
+        ("memory://gk-plan/none.jpg", "memory://gk-plan/none.jpg: no such file or folder")]
 
 
 def test_a_folder_given_as_the_address_is_a_clear_error():
@@ -142,7 +167,7 @@ def test_a_cloak_runs_on_ray_as_here(local_ray, photos, tmp_path):
     assert CliRunner().invoke(app, ["run", str(photos), "-o", str(here), "--cloak", str(cloak)]).exit_code == 1
     result = CliRunner().invoke(app, ["run", str(photos), "-o", str(there), "--cloak", str(cloak), "--ray", "local"])
     assert result.exit_code == 1, result.output  # the broken file fails on Ray too
-    written = sorted(p.name for p in there.iterdir())
-    assert written == sorted(p.name for p in here.iterdir()) == ["a_obama.protected.png", "b_obama.png.protected.png"]
+    written = photos_in(there)
+    assert written == photos_in(here) == ["a_obama.protected.png", "b_obama.png.protected.png"]
     for name in written:
         assert (there / name).read_bytes() == (here / name).read_bytes()

@@ -18,6 +18,7 @@ from fastapi.testclient import TestClient  # the serve extra is part of .[test]:
 from typer.testing import CliRunner
 
 from guardkit.cli import app as cli
+from guardkit.engine import Engine
 from guardkit.serve import ServeSettings, create_app
 
 FR = ("dlib",)  # one model keeps the tests quick; the default ensemble is the Engine's business
@@ -97,14 +98,18 @@ def test_protect_json_mode(client, photo):
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["faces"] == 1 and body["media_type"] == "image/jpeg" and body["steps"] == 1
-    assert 0 < body["linf"] <= EPS_255 / 255 + 1e-9 and body["psnr"] > 35
+    image = Image.open(io.BytesIO(base64.b64decode(body["image_base64"])))
+    # the figures are the saved JPEG's (its own error on top of the budget), not the pixels before encoding
+    saved = np.asarray(image.convert("RGB"), dtype=np.int16)
+    clean = np.asarray(Image.open(io.BytesIO(photo)).convert("RGB"), dtype=np.int16)
+    assert body["linf"] == pytest.approx(np.abs(saved - clean).max() / 255) and body["linf"] > EPS_255 / 255
+    assert body["psnr"] > 35
     assert set(body["face_models"]) == set(FR)
     dlib = body["face_models"]["dlib"]
     assert dlib["distance"] > 0 and dlib["threshold"] == pytest.approx(0.6)
     # one step leaves the face matched: the answer names the next stronger preset, as guardkit run's note does
     assert any(m["match"] for m in body["face_models"].values())
     assert body["stronger"] == {"strength": "mid", "eps_255": 8}
-    image = Image.open(io.BytesIO(base64.b64decode(body["image_base64"])))
     assert image.format == "JPEG" and image.size == Image.open(io.BytesIO(photo)).size
 
 
@@ -173,6 +178,7 @@ def test_bad_requests_that_are_not_uploads(client, photo):
     assert "field 'file'" in assert_one_line_error(client.post("/v1/protect", files={"steps": (None, "1")}), 400)
     assert "steps" in assert_one_line_error(protect(client, photo, steps="-3"), 400)
     assert "eps" in assert_one_line_error(protect(client, photo, eps="four"), 400)
+    assert "face must be" in assert_one_line_error(protect(client, photo, face="\u00b2"), 400)  # isdigit, not int
     assert "Available methods" in assert_one_line_error(protect(client, photo, method="nope"), 400)
     assert "strength" in assert_one_line_error(protect(client, photo, strength="extreme"), 400)
     no_face = io.BytesIO()
@@ -202,6 +208,71 @@ def test_a_full_queue_answers_429_with_retry_after(client, photo):
     assert running.result(30) and waiting.result(30)
     assert protect(client, photo).status_code == 200
     assert_still_serving(client)
+
+
+class HeldEngine(Engine):
+    """A real Engine whose protection waits for ``go`` first, as one that spends long finding faces (no step
+    callback to stop it); ``held`` says a protection is waiting."""
+
+    def __init__(self, held: threading.Event, go: threading.Event) -> None:
+        super().__init__()
+        self.held, self.go = held, go
+
+    def protect(self, *args, **kwargs):
+        self.held.set()
+        self.go.wait(60)
+        return super().protect(*args, **kwargs)
+
+
+def _png(width: int, height: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (120, 90, 60)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_a_request_past_its_time_limit_is_503_queued_or_running(photo, monkeypatch):
+    import guardkit.serve.app as serve_app
+
+    monkeypatch.setattr(serve_app, "_BACKSTOP_S", 0.5)
+    held, go = threading.Event(), threading.Event()
+    app = create_app(ServeSettings(face_models=FR, queue_size=1, time_limit_s=1),
+                     make_engine=lambda: HeldEngine(held, go))
+    with TestClient(app, raise_server_exceptions=False) as c:
+        assert app.state.pool.wait_started(60)
+        first: dict = {}
+        running = threading.Thread(target=lambda: first.update(r=protect(c, photo)))
+        running.start()
+        try:
+            assert held.wait(30)
+            queued = protect(c, photo)  # waits behind the held job until its time is up, then is cancelled
+            running.join(30)
+            assert "longer than the limit" in assert_one_line_error(queued, 503)
+            assert "longer than the limit" in assert_one_line_error(first["r"], 503)  # running, past its limit
+        finally:
+            go.set()
+            running.join(30)
+
+
+def test_uploads_wait_to_be_decoded_only_as_many_as_workers_and_queue_take(photo):
+    """A request is admitted (its photo decoded, then queued) only while fewer than workers + queue_size are in
+    hand; one more is refused at once with 429, its photo never decoded (here it would be 413: too many pixels)."""
+    held, go = threading.Event(), threading.Event()
+    app = create_app(ServeSettings(face_models=FR, queue_size=0, max_pixels=10_000, time_limit_s=60),
+                     make_engine=lambda: HeldEngine(held, go))
+    with TestClient(app, raise_server_exceptions=False) as c:
+        assert app.state.pool.wait_started(60)
+        first: dict = {}
+        running = threading.Thread(target=lambda: first.update(r=protect(c, _png(64, 64), "a.png", "image/png")))
+        running.start()
+        try:
+            assert held.wait(30)
+            refused = protect(c, photo)  # 320x240: more than max_pixels, were it decoded
+            assert "busy" in assert_one_line_error(refused, 429) and int(refused.headers["retry-after"]) >= 1
+        finally:
+            go.set()
+            running.join(60)
+        assert "no face" in assert_one_line_error(first["r"], 422)
+        assert "pixels" in assert_one_line_error(protect(c, photo), 413)  # admitted again once the first is done
 
 
 def test_token_is_required_when_set_and_time_limit_holds(photo):

@@ -66,8 +66,10 @@ def parse_losses(values: list[str] | None) -> tuple[dict[str, float], dict[str, 
 
 @one_line_errors
 def run_command(
-    inputs: Annotated[list[Path], typer.Argument(help="Photos or folders of photos.", show_default=False)],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the protected photos.")],
+    inputs: Annotated[list[str], typer.Argument(help="Photos or folders of photos (with --ray, also fsspec URLs).",
+                                                show_default=False)],
+    output: Annotated[str, typer.Option("--output", "-o", help="Folder for the protected photos (with --ray, also "
+                                                                "an fsspec URL).")],
     method: MethodOpt = None,
     face_model: Annotated[Optional[str], typer.Option(
         "--fr", help="Face recognition model(s) to protect against, comma-separated (default: dlib,facenet for "
@@ -113,7 +115,15 @@ def run_command(
 ) -> None:
     """Protect every face in INPUTS and write the results to OUTPUT (PNG, metadata stripped)."""
     from guardkit.engine import DEFAULT_METHOD, Engine
+    from guardkit.ray_batch import is_url
 
+    urls = [p for p in (*inputs, output) if is_url(p)]
+    if urls and ray_address is None:
+        raise ConfigError(f"{urls[0]}: URLs are read and written on Ray only: add --ray local (or a cluster "
+                          "address), or give a local path")
+    # str, not Path, up to here: a Path folds a URL's '//' (s3://b -> s3:/b)
+    sources = [p if is_url(p) else Path(p) for p in inputs]
+    output_dir = output if is_url(output) else Path(output)
     method = DEFAULT_METHOD if method is None else method
     if fmt not in ("png", "jpeg"):
         raise ConfigError(f"--format must be png or jpeg, got {fmt!r}")
@@ -145,8 +155,8 @@ def run_command(
 
             with_cloak["cloak"] = load_cloak(cloak)
         result = protect(
-            inputs, method=method, face_model=parse_models(face_model) or None, face_finder=face_finder, encoder=encoder, run=base,
-            strength=strength, eps=eps_value, steps=steps, losses=losses, options=options, part_options=part_options, output_dir=output, fmt=fmt, resume=resume,
+            sources, method=method, face_model=parse_models(face_model) or None, face_finder=face_finder, encoder=encoder, run=base,
+            strength=strength, eps=eps_value, steps=steps, losses=losses, options=options, part_options=part_options, output_dir=output_dir, fmt=fmt, resume=resume,
             on_start=lambda n: bar.update(task, total=n),
             on_photo=lambda photo: bar.advance(task),
             on_step=lambda step, steps: bar.update(steps_task, completed=step, total=steps), **with_cloak,

@@ -10,6 +10,7 @@ import logging
 import re
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import AsyncIterator
 from importlib import resources
@@ -80,6 +81,9 @@ def create_app(settings: ServeSettings = ServeSettings(), *,
     """The service. Workers start (each building its Engine, by default one with a ``PartCache``: parts load
     once per worker) when the app starts (its lifespan)."""
     base = RunConfig(threads=settings.threads, weights_dir=settings.weights_dir)
+    # requests in hand (photo being decoded, queued or running): at most what the pool takes, so queue_size bounds
+    # the memory of decoding too; one more is refused before its photo is decoded
+    admitted = threading.BoundedSemaphore(settings.workers + settings.queue_size)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -157,11 +161,15 @@ def create_app(settings: ServeSettings = ServeSettings(), *,
         return JSONResponse({"rows": result.rows, "warnings": result.warnings})
 
     async def _in_worker(request: Request, parts: dict, job: Callable) -> Any:
-        """Store the parts in a fresh private folder, run ``job`` on a worker, remove the folder."""
+        """Store the parts in a fresh private folder, run ``job`` on a worker, remove the folder. Refused
+        (429) at once while workers + queue_size requests are in hand, before any photo is decoded."""
         pool: WorkerPool = request.app.state.pool
-        folder = Path(tempfile.mkdtemp(dir=request.app.state.root))
-        owned_by_job = False
+        if not admitted.acquire(blocking=False):
+            raise Busy(pool.retry_after())
+        owned_by_job = released_by_job = False
+        folder: Path | None = None
         try:
+            folder = Path(tempfile.mkdtemp(dir=request.app.state.root))
             paths = {}
             for name, part in parts.items():
                 paths[name] = await run_in_threadpool(store_photo, part, folder, settings.max_pixels)
@@ -176,17 +184,21 @@ def create_app(settings: ServeSettings = ServeSettings(), *,
                     shutil.rmtree(folder, ignore_errors=True)
 
             future = pool.submit(run, time_limit=settings.time_limit_s)
-            owned_by_job = True
+            owned_by_job = released_by_job = True
+            future.add_done_callback(lambda _: admitted.release())  # when the job ends (or is cancelled)
             try:
                 return await asyncio.wait_for(asyncio.wrap_future(future), settings.time_limit_s + _BACKSTOP_S)
-            except (asyncio.TimeoutError, asyncio.CancelledError):
+            except (asyncio.TimeoutError, TimeoutError):  # queued or running past the limit: 503 (cancelled if queued)
                 owned_by_job = not future.cancel()
-                if owned_by_job:
-                    raise TimeLimit("stopped") from None
+                raise TimeLimit("stopped") from None
+            except asyncio.CancelledError:  # the client went away
+                owned_by_job = not future.cancel()
                 raise
         finally:
-            if not owned_by_job:
+            if folder is not None and not owned_by_job:
                 shutil.rmtree(folder, ignore_errors=True)
+            if not released_by_job:
+                admitted.release()
 
     return app
 
@@ -220,7 +232,7 @@ def protect_options(form: Form, settings: ServeSettings) -> ProtectOptions:
         except CloakFileError as exc:
             raise UploadError(422, str(exc)) from None
     face = form.text("face") or "largest"
-    if not (face in ("largest", "all") or (face.isdigit() and int(face) >= 1)):
+    if not (face in ("largest", "all") or (face.isascii() and face.isdigit() and int(face) >= 1)):  # not "²"
         raise UploadError(400, f"face must be largest, all or a face number, got {face!r}")
     return ProtectOptions(method=form.text("method"), strength=strength, eps=eps_value, steps=steps,
                           face_models=tuple(fr) if fr else settings.face_models,

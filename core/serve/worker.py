@@ -86,7 +86,7 @@ def protect_photo(engine: Engine, photo: Path, workdir: Path, options: ProtectOp
         models = {"cloak": options.cloak, "cloak_face": options.cloak_face}
     # Engine.protect resolves strength, eps and steps as `guardkit run` does (one set of defaults)
     result = engine.protect([photo], method=method, run=replace(base, seed=options.seed), strength=options.strength,
-                            eps=options.eps, steps=options.steps, on_step=on_step, **models)
+                            eps=options.eps, steps=options.steps, on_step=on_step, fmt=options.fmt, **models)
     budget = result.budget
     (done,) = result.photos
     if done.status != "protected" or done.protected is None:

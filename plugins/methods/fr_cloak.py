@@ -197,8 +197,9 @@ class FrCloak:
             ([f for f in faces if f not in cloaked] if self.config.others == "protect" else [])
         out = self._optimise(images, start, wanted, budget) if wanted and budget.steps > 0 else start
         delta = (out - images).clamp(-budget.eps, budget.eps)
-        if self.cloak.psnr_floor > 0:
-            cap = l2_cap(self.cloak.psnr_floor, images[0].numel())
+        floor = max(self.cloak.psnr_floor, self.config.psnr_floor)  # the stricter of the cloak's and the strength's
+        if floor > 0:
+            cap = l2_cap(floor, images[0].numel())
             return fit_quantized(images, delta, torch.full((images.shape[0],), cap, device=images.device))
         return images + delta
 
@@ -217,14 +218,29 @@ class FrCloak:
         return start, chosen
 
     def _optimise(self, images: torch.Tensor, start: torch.Tensor, faces: Sequence[Face], budget: Budget) -> torch.Tensor:
-        """The cloak of ``faces``: references read from the clean ``images``, the optimisation starts at ``start``."""
+        """The cloak of ``faces``: references read from the clean ``images``, the optimisation starts at ``start``.
+        Each photo of a batch is optimised on its own, so that its protection (its region, random start, EOT
+        draws, decoys) does not depend on which other photos share the batch."""
+        fresh = start is images  # a random start only when no cloak was put on first
+        if images.shape[0] == 1:
+            return self._optimise_photo(images, start, faces, budget, fresh)
+        out = start.clone()
+        for index in range(images.shape[0]):
+            own = [f.with_index(0) for f in faces if f.image_index == index]
+            if own:
+                out[index:index + 1] = self._optimise_photo(images[index:index + 1], start[index:index + 1], own,
+                                                            budget, fresh)
+        return out
+
+    def _optimise_photo(self, images: torch.Tensor, start: torch.Tensor, faces: Sequence[Face], budget: Budget,
+                        fresh: bool) -> torch.Tensor:
         cfg = self.config
         seen = [(m, m.faces(faces)) for m in self.members]
         seen = [(m, fs) for m, fs in seen if fs]
         if not seen:
             return start.clone()
         all_faces = [f for _, fs in seen for f in fs]
-        x0, y0, x1, y1, mask = surroundings(images, all_faces, cfg.surround)
+        x0, y0, x1, y1, mask = surroundings(images, all_faces, cfg.surround, reach=CROP_REACH)
         region = images[:, :, y0:y1, x0:x1]
         generator = torch.Generator(device=images.device).manual_seed(self.run.seed)
         side = sorted(max(f.box[2] - f.box[0], f.box[3] - f.box[1]) for f in all_faces)[len(all_faces) // 2]
@@ -281,10 +297,17 @@ class FrCloak:
         protected = transfer_pgd(origin, objective, bound=bound, steps=budget.steps, generator=generator, l2=l2,
                                  step_size=(budget.step_size / budget.eps) if budget.step_size else cfg.step_fraction,
                                  momentum=cfg.momentum, smooth_sigma=cfg.smooth * side,
-                                 random_start=budget.random_start and start is images)
+                                 random_start=budget.random_start and fresh)
         out = start.clone()
         out[:, :, y0:y1, x0:x1] = protected
         return out
+
+
+#: Photo pixels the region reaches at least beyond every face box (``surroundings``' ``reach``): FaceNet's 22 px
+#: margin per side plus its crops' moves on a small face. Only that: reading a wider context for every face (32 px
+#: beyond the moving pixels, so that dlib's chip of a large face is never cut at the region's edge either) cost
+#: FaceNet's margin at ``low`` on three seeds of three (benchmarks/README.md).
+CROP_REACH = 32.0
 
 
 def per_model(spec: str, option: str) -> dict[str, float]:
@@ -331,23 +354,25 @@ def decoy_directions(region: torch.Tensor, faces: Sequence[Face], dim: int, seed
     return directions if away_from is None else orthogonal_to(directions, away_from)
 
 
-def surroundings(images: torch.Tensor, faces: Sequence[Face], surround: float
+def surroundings(images: torch.Tensor, faces: Sequence[Face], surround: float, *, reach: float = 0.0
                  ) -> tuple[int, int, int, int, torch.Tensor]:
-    """The region that moves: every face box grown by ``surround`` of its side on each side, as the
-    bounding box (x0, y0, x1, y1) of them all and a feathered mask [B,1,h,w] in [0, 1] over it (each
-    photo of the batch gets its own faces' boxes). Feathering ramps the mask over a tenth of the face
-    side, so the perturbation has no hard edge."""
+    """The region that moves: every face box grown by ``surround`` of its side on each side, as a feathered
+    mask [B,1,h,w] in [0, 1] (each photo of the batch gets its own faces' boxes) over the bounding box (x0, y0,
+    x1, y1) of them all, which reaches at least ``reach`` photo pixels beyond every face box: pixels read but not
+    moved, since a model's crop reaches beyond the moving pixels (FaceNet's box grows by 22 px per side; on a
+    small face a crop cut from a region without them was clipped, another picture than the saved photo gives).
+    Feathering ramps the mask over a tenth of the face side, so the perturbation has no hard edge."""
     height, width = images.shape[-2:]
-    grown = []
+    grown, reached = [], []
     for f in faces:
         side = max(f.box[2] - f.box[0], f.box[3] - f.box[1])
-        pad = surround * side
-        grown.append((f.image_index, max(0, int(f.box[0] - pad)), max(0, int(f.box[1] - pad)),
-                      min(width, int(math.ceil(f.box[2] + pad))), min(height, int(math.ceil(f.box[3] + pad))), side))
-    x0, y0 = min(g[1] for g in grown), min(g[2] for g in grown)
+        for pad, out in ((surround * side, grown), (max(surround * side, reach), reached)):
+            out.append((f.image_index, max(0, int(f.box[0] - pad)), max(0, int(f.box[1] - pad)),
+                        min(width, int(math.ceil(f.box[2] + pad))), min(height, int(math.ceil(f.box[3] + pad))), side))
+    x0, y0 = min(g[1] for g in reached), min(g[2] for g in reached)
     # on the photo's JPEG grid (16 px MCUs at 4:2:0), so the EOT's re-save of the region cuts the saved photo's blocks
     x0, y0 = x0 - x0 % 16, y0 - y0 % 16
-    x1, y1 = max(g[3] for g in grown), max(g[4] for g in grown)
+    x1, y1 = max(g[3] for g in reached), max(g[4] for g in reached)
     if x1 <= x0 or y1 <= y0:
         raise ValueError("the faces lie outside the photo")
     mask = images.new_zeros(images.shape[0], 1, y1 - y0, x1 - x0)
