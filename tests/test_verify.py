@@ -57,3 +57,21 @@ def test_the_cli_says_not_stated_and_refuses_a_typo() -> None:
     assert "not stated" in table.stdout
     typo = runner.invoke(app, [*args, "--attacked", "dlbi"])
     assert typo.exit_code == 2 and "dlbi" in typo.output and "Traceback" not in typo.output
+
+
+def test_run_service_and_verify_share_one_match_rule_at_the_threshold():
+    """A face exactly at a model's threshold is not a match (dlib: distance < 0.6 is the same person) wherever
+    guardkit says so: `guardkit run`'s table and the service's answer said matched (<=), verify did not."""
+    from types import SimpleNamespace
+
+    from guardkit.cli.run import match_of
+    from guardkit.serve.worker import Protected
+    from guardkit.verify import is_match
+
+    result = SimpleNamespace(thresholds={"dlib": 0.6}, threshold=0.6, face_model="dlib")
+    photo = SimpleNamespace(distances={"dlib": 0.6}, fr_distance=0.6)
+    answer = Protected(b"", "image/png", 1, 0.0, 40.0, {"dlib": 0.6, "facenet": 0.2}, {"dlib": 0.6, "facenet": 0.55},
+                       "fr-cloak", 4 / 255, 60, 1.0)
+    assert is_match(0.6, 0.6) is False
+    assert match_of(result, photo, "dlib") == (0.6, False)
+    assert answer.matches() == {"dlib": False, "facenet": True}

@@ -216,7 +216,9 @@ def match_of(result, photo, model: str) -> tuple[float, bool | None]:
     threshold = result.thresholds.get(model, result.threshold)
     if math.isnan(d) or not math.isfinite(threshold):
         return d, None
-    return d, d <= threshold
+    from guardkit.verify import is_match  # one rule for a match everywhere: distance below the threshold
+
+    return d, is_match(d, threshold)
 
 
 def _finite(value: float) -> float | None:

@@ -55,7 +55,9 @@ class Protected:
 
     def matches(self) -> dict[str, bool | None]:
         """Per face model: is the protected face still within the model's threshold of the original (None: no distance)."""
-        return {name: None if not math.isfinite(d) else d <= self.thresholds.get(name, math.inf)
+        from guardkit.verify import is_match  # one rule for a match everywhere: distance below the threshold
+
+        return {name: None if not math.isfinite(d) else is_match(d, self.thresholds.get(name, math.inf))
                 for name, d in self.distances.items()}
 
     def summary(self) -> dict[str, Any]:
