@@ -225,8 +225,9 @@ class PhotoLoop(Generic[R]):
             process: Callable[[list[Photo]], Sequence[tuple[R, np.ndarray]]], *,
             keep: Callable[[R, np.ndarray], None], batch_size: int = 1) -> list[R]:
         """The whole loop: each batch of same-size photos goes through ``process`` (-> one ``(result, HxWx3
-        uint8 pixels)`` per photo), which may fail the batch's photos (each then named in one line); every
-        result is delivered. Returns :attr:`results`."""
+        uint8 pixels)`` per photo), which may fail the batch's photos (each then named in one line) or return a
+        photo's result as failed (recorded, nothing written); every other result is delivered. Returns
+        :attr:`results`."""
         for batch in same_size_batches(self.photos(load), batch_size):
             try:
                 done = process(batch)
@@ -235,5 +236,8 @@ class PhotoLoop(Generic[R]):
                     self.fail(photo.path, exc)
                 continue
             for result, pixels in done:
-                self.deliver(result, pixels, keep)
+                if getattr(result, "status", "") == "failed":  # a photo the method could not protect: nothing written
+                    self.record(result)
+                else:
+                    self.deliver(result, pixels, keep)
         return self.results

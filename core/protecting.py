@@ -24,7 +24,7 @@ from guardkit.config import Budget, RunConfig
 from guardkit.image_read import animated_frames, load_rgb, upright_size
 from guardkit.image_save import as_saved, record_output, save_image
 from guardkit.image_paths import plan_outputs
-from guardkit.photo_loop import Inputs, Photo, PhotoLoop, holds_another_photo, to_pixels
+from guardkit.photo_loop import Inputs, Photo, PhotoLoop, failure_line, holds_another_photo, to_pixels
 from guardkit.types import Face
 
 if TYPE_CHECKING:
@@ -169,8 +169,12 @@ def _protect_batch(built: "BuiltMethod", run: RunConfig, device: Any, batch: lis
     distances = {m.name: face_distances(m.model, clean, seen, m.faces(faces)) for m in members}
     seconds = (time.perf_counter() - started) / len(batch)
     method_notes = getattr(built.method, "notes", None) or {}  # optional: a method's one line per photo
+    unprotected = getattr(built.method, "unplaced", None) or {}  # optional: photos the method left as they were, why
     done = []
     for i, photo in enumerate(batch):
+        if i in unprotected:
+            done.append((PhotoResult(photo.path, "failed", error=failure_line(photo.path, unprotected[i])), pixels[i]))
+            continue
         protected, kept = pixels[i], saved[i]
         smallest = {m.name: min((d for d, f in zip(distances[m.name], m.faces(faces)) if f.image_index == i),
                                 default=math.nan) for m in members}

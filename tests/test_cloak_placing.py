@@ -69,3 +69,25 @@ def test_run_with_a_missing_face_number_fails_the_photo(tmp_path: Path) -> None:
     placed = Engine().protect([FACES / "obama_small.jpg"], cloak=flat_cloak(), cloak_face="1").photos[0]
     assert placed.status == "protected"
     assert np.abs(placed.protected.astype(np.int16) - load_rgb(FACES / "obama_small.jpg")).max() > 0
+
+
+@pytest.mark.skipif(not FACES.is_dir(), reason="needs ../shared/data/faces")
+def test_in_a_run_batch_the_photo_without_the_cloak_fails_and_the_other_is_written(tmp_path: Path) -> None:
+    """Two photos of one size in one batch: two_people.jpg (two faces) and a copy with one face painted over;
+    --face 2 places the cloak on the first only. The second is failed with the reason, and nothing is written
+    for it (it used to be reported protected, and written unchanged)."""
+    from PIL import Image
+
+    photo = load_rgb(FACES / "two_people.jpg").copy()
+    both, one = tmp_path / "both.png", tmp_path / "one.png"
+    Image.fromarray(photo).save(both)
+    photo[:, : photo.shape[1] // 2] = 128  # the left person painted over
+    Image.fromarray(photo).save(one)
+    out = tmp_path / "out"
+    result = Engine().protect([both, one], cloak=flat_cloak(), cloak_face="2", output_dir=out,
+                              run=RunConfig(batch_size=2))
+    status = {p.source.name: p for p in result.photos}
+    assert status["both.png"].status == "protected" and status["both.png"].output is not None
+    assert status["one.png"].status == "failed" and status["one.png"].output is None
+    assert "one.png" in status["one.png"].error and "--face 2" in status["one.png"].error
+    assert sorted(p.name for p in out.glob("*.png")) == ["both.protected.png"]

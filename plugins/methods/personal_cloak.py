@@ -10,8 +10,8 @@ L-inf budget is below the cloak's clips it, and the photo's note says so).
 
 A photo the cloak cannot go on (``--face 3`` on a photo of two people, a face whose frame lies outside the
 photo) is left unchanged and never passed off as protected: when no photo of the batch got the cloak the batch
-fails with the reason (``NoFaceError``, one line per photo, nothing written); otherwise that photo's note says
-the cloak was not placed and why, and ``unplaced`` maps its index to the reason.
+fails with the reason (``NoFaceError``, one line per photo, nothing written); otherwise ``unplaced`` maps that
+photo's index to the reason, and the engine fails that photo alone (nothing written for it).
 """
 
 from __future__ import annotations
@@ -68,8 +68,8 @@ class PersonalCloak:
             chosen = choose_faces(found, self.face)
             placed = placeable(self.cloak, chosen, height, width)
             if not placed:
-                self.unplaced[index] = self._why_not_placed(found, chosen)
-                self.notes[index] = f"cloak not placed: {self.unplaced[index]}; the photo is unchanged"
+                self.unplaced[index] = f"cloak not placed: {self._why_not_placed(found, chosen)}"
+                self.notes[index] = f"{self.unplaced[index]}; the photo is unchanged"
                 continue
             image = images[index].float()
             delta = place(self.cloak, image, placed)
@@ -92,7 +92,7 @@ class PersonalCloak:
             if said:
                 self.notes[index] = "; ".join(said)
         if self.unplaced and len(self.unplaced) == images.shape[0]:  # nothing protected: fail, write nothing
-            raise NoFaceError("cloak not placed: " + "; ".join(dict.fromkeys(self.unplaced.values())))
+            raise NoFaceError("; ".join(dict.fromkeys(self.unplaced.values())))
         return out
 
     def _why_not_placed(self, found: Sequence[Face], chosen: Sequence[Face]) -> str:
