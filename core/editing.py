@@ -17,7 +17,8 @@ Each photo is resized so that its longer side is ``resolution`` pixels and centr
 (FLUX packs the VAE's 8x latent 2x2), faces are found on that photo by ``face_finder`` (default: the first
 face model's own finder), and the photo goes through the shared photo loop (``guardkit.photo_loop``): a
 photo that fails (no face, ...) fails alone in one line, the result is checked finite, rounded to 8 bits and
-written atomically (metadata stripped, never over an input), and photos already done are skipped.
+written atomically (metadata stripped, never over an input) with a record of the settings that made it
+(``edit_settings``), and photos already done under the same settings are skipped.
 Each result carries, per face model, the distance between the edit and the source (the smallest over
 the photo's faces: the face most at risk) and, with a target identity, the distance to the target
 (the largest over the faces).
@@ -92,13 +93,72 @@ def prepare(image: np.ndarray, resolution: int) -> np.ndarray:
     return np.asarray(pil.crop(box)).copy()
 
 
-def load_mask(path: str | Path, width: int, height: int) -> np.ndarray:
-    """A mask file (white = edit) resized to ``width`` x ``height`` -> float32 HxW in [0,1]."""
+def load_mask(path: str | Path, width: int, height: int, resolution: int | None = None) -> np.ndarray:
+    """A mask file (white = edit) -> float32 HxW in [0,1] at ``width`` x ``height``.
+
+    With ``resolution``, the mask first goes through the photo's own geometry (``fit_size``: longer side to
+    ``resolution``, centre crop to multiples of 16), so a mask drawn on the original photo stays on the pixels
+    it covers there; it is then resized to ``width`` x ``height`` (a no-op when the sizes already agree)."""
     from PIL import Image
 
     gray = load_rgb(Path(path)).astype(np.float32).mean(axis=2)
-    pil = Image.fromarray(gray.astype(np.uint8)).resize((width, height), Image.BILINEAR)
+    pil = Image.fromarray(np.clip(np.rint(gray), 0, 255).astype(np.uint8))
+    if resolution is not None:
+        (sw, sh), box = fit_size(pil.width, pil.height, resolution)
+        if (sw, sh) != pil.size:
+            pil = pil.resize((sw, sh), Image.BILINEAR)
+        pil = pil.crop(box)
+    if pil.size != (width, height):
+        pil = pil.resize((width, height), Image.BILINEAR)
     return np.asarray(pil).astype(np.float32) / 255.0
+
+
+def paste_edit(edited: Any, source: Any) -> Any:
+    """An edit [B,3,h,w] back onto the geometry of ``source`` [B,3,H,W]: an edit of the same aspect is resized;
+    an edit of a different aspect is taken to be of ``source``'s centred largest region of the edit's aspect
+    (as ``ip2p`` centre-crops a square), resized to that region and pasted there, ``source`` elsewhere."""
+    import torch.nn.functional as F
+
+    (h, w), (H, W) = edited.shape[-2:], source.shape[-2:]
+    if (h, w) == (H, W):
+        return edited
+    if h * W == w * H:  # same aspect
+        return F.interpolate(edited.float(), size=(H, W), mode="bilinear", align_corners=False)
+    if h * W > w * H:  # the edit is relatively taller: full height, centred columns
+        rh, rw = H, max(1, round(H * w / h))
+    else:
+        rh, rw = max(1, round(W * h / w)), W
+    top, left = (H - rh) // 2, (W - rw) // 2
+    out = source.detach().float().to(edited.device).clone()
+    out[..., top:top + rh, left:left + rw] = F.interpolate(edited.float(), size=(rh, rw), mode="bilinear",
+                                                           align_corners=False)
+    return out
+
+
+def edit_settings(*, prompt: str, source_prompt: str, editor: str, editor_part: Any, protect: str | None,
+                  method: Any, face_models: Sequence[str], face_finder: str, face_parser: str | None,
+                  target_identity: str | Path | None, mask: str | Path | None, resolution: int,
+                  run: RunConfig) -> dict[str, Any]:
+    """What decides an edit besides the photo, as JSON for its output's record (resume redoes an output made
+    under other settings): prompts, editor and method with their full configs (weight folders left out), face
+    models, finder and parser, the target identity and mask files by digest, resolution, seed, dtype, device."""
+    from guardkit.image_save import file_digest
+    from guardkit.protecting import _as_json
+
+    def config_of(part: Any) -> Any:
+        config = getattr(part, "config", None)
+        options = _as_json(config) if config is not None else None
+        if isinstance(options, dict):
+            options = {k: v for k, v in options.items() if k != "path"}
+        return options
+
+    return {"prompt": prompt, "source_prompt": source_prompt, "editor": editor, "editor_options": config_of(editor_part),
+            "protect": protect, "protect_options": config_of(method) if method is not None else None,
+            "face_models": list(face_models), "face_finder": face_finder,
+            "face_parser": face_parser if protect is not None and mask is None else None,
+            "target_identity": file_digest(Path(target_identity)) if target_identity is not None else None,
+            "mask": file_digest(Path(mask)) if mask is not None else None,
+            "resolution": resolution, "seed": run.seed, "dtype": run.dtype, "device": run.device}
 
 
 def edited_size(width: int, height: int, resolution: int) -> tuple[int, int]:
@@ -180,6 +240,10 @@ def edit_photos(
         for model in models.values():
             model.load()
     finder.load()
+    loop.settings = edit_settings(prompt=prompt, source_prompt=source_prompt, editor=editor, editor_part=editor_part,
+                                  protect=protect, method=method, face_models=face_models, face_finder=face_finder,
+                                  face_parser=face_parser, target_identity=target_identity, mask=mask,
+                                  resolution=resolution, run=run)
     set_torch(threads=run.threads or None)
     device = run.torch_device()
 
@@ -212,15 +276,15 @@ def edit_photos(
         if method is not None:
             user_mask = None
             if mask is not None:
-                user_mask = torch.from_numpy(load_mask(mask, photo.image.shape[1], photo.image.shape[0]))[None, None]
+                user_mask = torch.from_numpy(load_mask(mask, photo.image.shape[1], photo.image.shape[0],
+                                                       resolution))[None, None]
             edited, report = method.protect(x, photo.faces, prompt, source_prompt=source_prompt, seed=run.seed,
                                             target_embeddings=target, mask=user_mask)
         else:
             kwargs = {"source_prompt": source_prompt} if takes_source else {}
             edited = editor_part.edit(x, prompt, seed=run.seed, **kwargs)
-        if edited.shape[-2:] != x.shape[-2:]:  # editors with their own resolution (ip2p)
-            edited = torch.nn.functional.interpolate(edited.float(), size=tuple(x.shape[-2:]), mode="bilinear",
-                                                     align_corners=False)
+        if edited.shape[-2:] != x.shape[-2:]:  # editors with their own resolution (ip2p edits the centre square)
+            edited = paste_edit(edited, x)
         out8 = to_pixels(edited, what="the edit")
         result = EditResult(photo.path, "protected" if method is not None else "edited", faces=len(photo.faces),
                             size=(photo.image.shape[1], photo.image.shape[0]), report=report)

@@ -9,7 +9,7 @@ and random purifications can be drawn each step (EOT) so the protection survives
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -45,7 +45,8 @@ class LatentAttackConfig:
     the gradient and the update stay fp32). channels_last: the encoder's, face model's and LPIPS's
     convolutions in NHWC (converts those modules in place; the numbers are the same up to rounding).
     compile: ``torch.compile`` the per-step objective (one graph per set of active terms; falls back to
-    eager with a warning where compiling fails). Batching: pass many photos in one tensor.
+    eager with a warning where compiling fails). A batch's photos are optimised one at a time, so that a
+    photo's result never depends on its batch.
     """
 
     resolution: int = 512
@@ -125,14 +126,33 @@ def run_latent_attack(
     which it is switched on (default: from the start; strictly after it for the names in ``after``, see
     ``active_terms``). Losses whose class sets ``eot = False`` (a cost on the perturbation itself, such as
     ``pixel-l2``) see the protected photo, not its EOT purifications. Faces far apart are protected one square each
-    (``group_faces``), every square against the clean photo, so every face is protected."""
-    out = images
-    for group in group_faces(faces):
-        space, protected = _attack_square(images, group, budget, run=run, config=config, encoder=encoder,
-                                          losses=losses, face_model=face_model, starts=starts,
-                                          face_source=face_source, after=after)
-        out = space.paste(out, protected)
-    return out
+    (``group_faces``), every square against the clean photo, so every face is protected.
+
+    Each photo of a batch is protected on its own (``per_photo``): its square, random start and EOT draws
+    never depend on which other photos share the batch."""
+
+    def one(image: torch.Tensor, own: Sequence[Face]) -> torch.Tensor:
+        out = image
+        for group in group_faces(own):
+            space, protected = _attack_square(image, group, budget, run=run, config=config, encoder=encoder,
+                                              losses=losses, face_model=face_model, starts=starts,
+                                              face_source=face_source, after=after)
+            out = space.paste(out, protected)
+        return out
+
+    return per_photo(images, faces, one)
+
+
+def per_photo(images: torch.Tensor, faces: Sequence[Face],
+              protect: Callable[[torch.Tensor, list[Face]], torch.Tensor]) -> torch.Tensor:
+    """``protect(photo [1,3,H,W], its faces with image_index 0)`` for each photo of ``images``, stacked: a
+    photo's protection (its face square, the random start and EOT draws of its generator) is the same in
+    any batch. Grouping the faces of a whole batch put every photo in squares cut around the other photos'
+    faces, and drew its noise at its position in the batch."""
+    if images.shape[0] == 1:
+        return protect(images, [f.with_index(0) for f in faces])
+    return torch.cat([protect(images[i:i + 1].contiguous(), [f.with_index(0) for f in faces if f.image_index == i])
+                      for i in range(images.shape[0])])
 
 
 def _attack_square(images: torch.Tensor, faces: Sequence[Face], budget: Budget, *, run: RunConfig,

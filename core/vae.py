@@ -93,6 +93,8 @@ class DiffusersVAE:
         vae.to(device=part.run.torch_device(), dtype=part.run.torch_dtype()).eval().requires_grad_(False)
         if part.config.gradient_checkpointing:
             vae.enable_gradient_checkpointing()
+        if part.config.sample:  # as ``_load``: samples drawn from the run's seed, not the global RNG
+            part._generator = torch.Generator(device=part.run.torch_device()).manual_seed(part.run.seed)
         part.vae = vae
         return part
 

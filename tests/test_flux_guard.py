@@ -352,8 +352,9 @@ def test_edit_photos_protects_and_reports(engine, tiny_folder, photos, tmp_path)
     print(f"edit_photos: dlib distance edit<->source {obama.distances['dlib']:.4f}")
     assert load_rgb(obama.output).shape == (64, 96, 3)
     again = edit_photos(engine, [photos / "obama.jpg"], prompt=GLASSES, source_prompt=SOURCE, protect="flux-guard",
-                        resolution=RESOLUTION, output_dir=tmp_path, editor_options=opts, protect_options=FAST)
-    assert again[0].status == "skipped"  # resume
+                        resolution=RESOLUTION, output_dir=tmp_path, editor_options=opts,
+                        protect_options={**FAST, "iterations": 2})
+    assert again[0].status == "skipped"  # resume: same photo, same settings
     plain = edit_photos(engine, [photos / "obama.jpg"], prompt=GLASSES, source_prompt=SOURCE,
                         resolution=RESOLUTION, editor_options={**opts, "steps": STEPS})
     assert plain[0].status == "edited" and plain[0].edited.shape == (64, 96, 3)

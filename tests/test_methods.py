@@ -89,7 +89,12 @@ def build(name: str, encoder, face_model, seed: int = 0, **options):
 
 
 def measure(name, encoder, face_model, clean, adv, faces) -> torch.Tensor:
-    """The method's own aim, per photo, higher = better protection."""
+    """The method's own aim, per photo, higher = better protection; each photo in its own square (around its
+    own faces), as the methods protect it."""
+    if clean.shape[0] > 1:
+        return torch.cat([measure(name, encoder, face_model, clean[i:i + 1], adv[i:i + 1],
+                                  [f.with_index(0) for f in faces if f.image_index == i])
+                          for i in range(clean.shape[0])])
     space = ModelSpace.around(clean.shape[2], clean.shape[3], faces, RES)
     c, a = space.to_model(space.crop(clean)), space.to_model(space.crop(adv))
     with torch.no_grad():

@@ -101,6 +101,9 @@ class LpipsPixelLoss(LpipsLoss):
     maximize: ClassVar[bool] = False
     needs: ClassVar[frozenset[str]] = frozenset()
     source: ClassVar[str] = "adv"
+    #: a cost on the perturbation itself (as ``pixel-l2``): under EOT it sees the protected photo, not its
+    #: purifications (LPIPS(blur(x'), x) measured the blur, and pushed x' away from x to undo it)
+    eot: ClassVar[bool] = False
 
 
 @hookimpl

@@ -17,6 +17,7 @@ import torch
 from guardkit.attack import project, report_step
 from guardkit.config import Budget, RunConfig, build_config
 from guardkit.errors import ConfigError
+from guardkit.latent_attack import per_photo
 from guardkit.region import ModelSpace, group_faces
 from guardkit.types import Encoder, Face, WeightedLoss
 
@@ -57,10 +58,14 @@ class CW:
         self.config = build_config(CWConfig, options)
 
     def protect(self, images: torch.Tensor, faces: Sequence[Face], budget: Budget) -> torch.Tensor:
-        out = images
+        return per_photo(images, faces, lambda image, own: self._protect_photo(image, own, budget))
+
+    def _protect_photo(self, image: torch.Tensor, faces: Sequence[Face], budget: Budget) -> torch.Tensor:
+        """One photo [1,3,H,W] and its faces: its squares never depend on the batch's other photos."""
+        out = image
         for group in group_faces(faces):  # distant faces: one square each
-            space = ModelSpace.around(images.shape[2], images.shape[3], group, self.config.resolution)
-            region = space.crop(images).detach()
+            space = ModelSpace.around(image.shape[2], image.shape[3], group, self.config.resolution)
+            region = space.crop(image).detach()
             out = space.paste(out, project(self._optimise(space, region, budget), region, budget))
         return out
 
