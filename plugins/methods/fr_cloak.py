@@ -128,8 +128,8 @@ class FrCloak:
                                 "margin was the smaller); no decoy pull (the whole budget dodges)",
                         measured="shared photos, vs another photo (benchmarks/transfer.py --strength low --seeds 0 1 2): "
                                  "unmatched by both dlib and FaceNet in every column (JPEG q75, 10 jitters, FaceNet's "
-                                 "box resized by PIL and by OpenCV) on 5, 4 and 4 of 6 faces; dlib mean worst 0.65 "
-                                 "(obama_small 0.59), FaceNet mean worst cosine 0.38 (obama2 0.40-0.49); PSNR 42.4-47.8 "
+                                 "box resized by PIL and by OpenCV) on 3, 4 and 4 of 6 faces; dlib mean worst 0.66 "
+                                 "(obama_small 0.56-0.59), FaceNet mean worst cosine 0.38 (obama2 0.41-0.46); PSNR 42.3-47.9 "
                                  "dB, 9-10 s per 1-megapixel photo on 2 threads; protected photos of one person still "
                                  "link (dlib 0.42-0.78, obama2/obama 0.55)"),
         "mid": Strength(8 / 255, 50, {"psnr_floor": 38.3, "texture_floor": 0.6, "surround": 0.35,
