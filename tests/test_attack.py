@@ -218,3 +218,16 @@ def test_every_pgd_step_moves():
         assert len(seen) == 3 and (out > seen[-1] + 1e-4).all(), schedule
     # old callers keep working: positional budget, keyword-only options
     pgd(x, objective, Budget(eps=0.1, steps=2), generator=torch.Generator().manual_seed(0))
+
+
+def test_a_cost_on_the_perturbation_reads_the_protected_photo_not_its_jpeg(model, batch):
+    """pixel-l2 (minimised) alone, from the clean photo without a random start, under the JPEG EOT: its gradient at
+    the clean photo is zero, so nothing moves. Read through the JPEG (as it was) the re-save's own error had a
+    gradient, and the photo moved to undo it."""
+    from guardkit.plugins.losses.face import PixelL2
+
+    images, faces = batch
+    method = FrCloak(RunConfig(seed=0), face_model=model, losses=[WeightedLoss(1.0, PixelL2(), "pixel-l2")],
+                     eot="jpeg", eot_every=1, decoy=0.0, chip_jitter=False)
+    out = method.protect(images, faces, Budget(eps=EPS, steps=3, random_start=False))
+    assert torch.equal(out, images)

@@ -265,10 +265,15 @@ class FrCloak:
         def chip_transform(chips: torch.Tensor) -> torch.Tensor:
             return jitter_chips(chips, 1, generator)
 
+        # a cost on the perturbation itself (``eot = False``, e.g. pixel-l2) reads the protected region, once per step,
+        # not its purifications and not in a face model's units: it is not part of any model's dodging term
+        plain = [t for t in self.losses if getattr(t.loss, "eot", True) is False]
+        dodging = [t for t in self.losses if t not in plain]
+
         def objective(x_adv: torch.Tensor, step: int) -> torch.Tensor:
+            total = combine(plain, View(region, x_adv, [])) if plain else torch.zeros(images.shape[0], device=images.device)
             if purifications and step % cfg.eot_every == 0:
                 x_adv = random_purification(x_adv, purifications, generator)
-            total = torch.zeros(images.shape[0], device=images.device)
             crop = "template" if cfg.template_every and step % cfg.template_every == cfg.template_every - 1 else "own"
             for member, local, crops, target, decoys in terms:
                 aligner, reference = crops[crop]
@@ -285,7 +290,7 @@ class FrCloak:
                 if decoys is not None and target is None:
                     pull = view.per_image_mean(F.cosine_similarity(
                         view.embeddings, decoys.repeat(len(view.embeddings) // len(decoys), 1), dim=1))
-                term = member_term(combine(self.losses, view) / member.model.threshold, pull, cap=cfg.cap, decoy=cfg.decoy)
+                term = member_term(combine(dodging, view) / member.model.threshold, pull, cap=cfg.cap, decoy=cfg.decoy)
                 total = total + member.weight * self.weights_of.get(member.name, 1.0) * term
             return total
 
